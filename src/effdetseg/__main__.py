@@ -1,0 +1,6 @@
+"""``python -m effdetseg`` (and ``torchrun … -m effdetseg train``)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the effdetseg console script, one module each."""

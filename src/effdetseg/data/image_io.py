@@ -1,0 +1,55 @@
+"""Reading images and label masks with one clear error per bad file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import EffdetsegError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB uint8 H×W×3 array: EXIF orientation applied; grayscale, RGBA, palette and 16-bit converted."""
+    path = Path(path)
+    if not path.is_file():
+        raise EffdetsegError(f"{path}: image not found")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now so a truncated file fails here, naming the file
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                hi = max(arr.max(), 1.0)
+                im = Image.fromarray((arr * (255.0 / (65535.0 if hi > 255 else 255.0))).clip(0, 255).astype(np.uint8))
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except UnidentifiedImageError:
+        raise EffdetsegError(f"{path}: not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise EffdetsegError(f"{path}: unreadable or truncated image ({e})") from None
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A label-id mask as H×W uint8. Palette PNGs give their indices (VOC), not their colors."""
+    path = Path(path)
+    if not path.is_file():
+        raise EffdetsegError(f"{path}: mask not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "L"):
+                return np.asarray(im, dtype=np.uint8).copy()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im)
+                if arr.max() > 255:
+                    raise EffdetsegError(f"{path}: mask label {int(arr.max())} does not fit 0…255")
+                return arr.astype(np.uint8)
+            raise EffdetsegError(f"{path}: mask has mode {im.mode}; expected label ids (L or P mode)")
+    except UnidentifiedImageError:
+        raise EffdetsegError(f"{path}: not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise EffdetsegError(f"{path}: unreadable or truncated mask ({e})") from None

@@ -1,0 +1,201 @@
+"""BiFPN feature network: the topology is data generated from the level range.
+
+A feature network layer is a list of :class:`FpnNode`. Feature maps are numbered in the
+order they appear: the layer's inputs first (one per level, ``min_level`` … ``max_level``),
+then one new map per node. A node names the maps it fuses by those numbers, so the same
+:class:`FpnLayer` builds BiFPN layers, the extra top-down pathway and any other topology.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import ConvBn, FastNormalizedFusion, SeparableConv2d, batch_norm
+
+PATHWAYS = ("top_down", "bottom_up")
+
+
+@dataclass(frozen=True)
+class FpnNode:
+    level: int
+    inputs: tuple[int, ...]  # indices into the layer's feature maps (inputs, then earlier nodes)
+
+
+@dataclass(frozen=True)
+class FpnTopology:
+    min_level: int
+    max_level: int
+    nodes: tuple[FpnNode, ...]
+    outputs: tuple[int, ...]  # per level, min → max: the map that leaves the layer
+
+    @property
+    def levels(self) -> range:
+        return range(self.min_level, self.max_level + 1)
+
+    def level_of(self, index: int) -> int:
+        num_levels = len(self.levels)
+        if index < num_levels:
+            return self.min_level + index
+        return self.nodes[index - num_levels].level
+
+
+def fpn_topology(min_level: int, max_level: int, pathways: Sequence[str] = PATHWAYS) -> FpnTopology:
+    """Generate a feature-network layer from its level range.
+
+    ``top_down``: for level max-1 … min, fuse the level's latest map with the latest map one
+    level up. ``bottom_up``: for level min+1 … max, fuse every map made at this level in this
+    layer (the input and the top-down node) with the latest map one level down. Both together
+    are one BiFPN layer (EfficientDet, fig. 2d); ``top_down`` alone is the extra pathway.
+    """
+    if min_level >= max_level:
+        raise ValueError(f"min_level ({min_level}) must be below max_level ({max_level})")
+    unknown = set(pathways) - set(PATHWAYS)
+    if unknown:
+        raise ValueError(f"unknown pathway(s) {sorted(unknown)}; choose from {PATHWAYS}")
+    levels = list(range(min_level, max_level + 1))
+    maps_at = {level: [i] for i, level in enumerate(levels)}  # every map per level, oldest first
+    nodes: list[FpnNode] = []
+
+    def add(level: int, inputs: list[int]) -> None:
+        nodes.append(FpnNode(level, tuple(inputs)))
+        maps_at[level].append(len(levels) + len(nodes) - 1)
+
+    for pathway in pathways:
+        if pathway == "top_down":
+            for level in reversed(levels[:-1]):
+                add(level, [maps_at[level][-1], maps_at[level + 1][-1]])
+        else:
+            for level in levels[1:]:
+                add(level, maps_at[level] + [maps_at[level - 1][-1]])
+    outputs = tuple(maps_at[level][-1] for level in levels)
+    return FpnTopology(min_level, max_level, tuple(nodes), outputs)
+
+
+class Resample(nn.Sequential):
+    """Bring one edge's source map to the node's level (and channels, when projected)."""
+
+    def __init__(self, in_channels: int, out_channels: int, level_step: int, project: bool) -> None:
+        super().__init__()
+        if project or in_channels != out_channels:
+            self.project = ConvBn(in_channels, out_channels)
+        if abs(level_step) > 1:
+            raise ValueError("a BiFPN edge spans at most one level")
+        self.level_step = level_step  # node level − source level
+        if level_step == 1:
+            self.down = nn.MaxPool2d(3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        if self.level_step == -1:
+            # Sizes are exact multiples: the model pads its input to 2**max_level.
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return x
+
+
+class FpnNodeBlock(nn.Module):
+    """Fuse the resampled inputs, then swish → depthwise-separable 3×3 → BN."""
+
+    def __init__(self, edges: list[Resample], channels: int) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(edges)
+        self.fuse = FastNormalizedFusion(len(edges))
+        self.act = nn.SiLU()
+        self.conv = SeparableConv2d(channels, channels)
+        self.bn = batch_norm(channels)
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        x = self.fuse([edge(x) for edge, x in zip(self.edges, inputs)])
+        return self.bn(self.conv(self.act(x)))
+
+
+class FpnLayer(nn.Module):
+    """One layer of a feature network, built from an :class:`FpnTopology`.
+
+    ``in_channels`` gives each input level's channels; inputs at ``project_levels`` get their
+    own 1×1 conv + BN on every edge that reads them (the first BiFPN layer's backbone edges).
+    """
+
+    def __init__(
+        self,
+        topology: FpnTopology,
+        in_channels: Sequence[int],
+        channels: int,
+        project_levels: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.topology = topology
+        num_inputs = len(topology.levels)
+        if len(in_channels) != num_inputs:
+            raise ValueError(f"expected {num_inputs} input channel counts, got {len(in_channels)}")
+        channels_of = list(in_channels) + [channels] * len(topology.nodes)
+        self.nodes = nn.ModuleList()
+        for node in topology.nodes:
+            edges = [
+                Resample(
+                    channels_of[i],
+                    channels,
+                    level_step=node.level - topology.level_of(i),
+                    project=i < num_inputs and topology.level_of(i) in project_levels,
+                )
+                for i in node.inputs
+            ]
+            self.nodes.append(FpnNodeBlock(edges, channels))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        maps = list(features)
+        for node, block in zip(self.topology.nodes, self.nodes):
+            maps.append(block([maps[i] for i in node.inputs]))
+        return [maps[i] for i in self.topology.outputs]
+
+
+class ExtraLevels(nn.Module):
+    """P6 from C5 by 1×1 conv + BN and stride-2 max-pooling; each further level by max-pooling."""
+
+    def __init__(self, in_channels: int, channels: int, num_levels: int) -> None:
+        super().__init__()
+        self.num_levels = num_levels
+        self.project = ConvBn(in_channels, channels) if num_levels > 0 else nn.Identity()
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+
+    def forward(self, c5: torch.Tensor) -> list[torch.Tensor]:
+        levels = []
+        x = self.project(c5)
+        for _ in range(self.num_levels):
+            x = self.pool(x)
+            levels.append(x)
+        return levels
+
+
+class BiFPN(nn.Sequential):
+    """``num_layers`` BiFPN layers over ``min_level`` … ``max_level``.
+
+    With ``last_layer_pathways=("top_down",)`` the last layer stops after its top-down pathway:
+    the P2-only variant reads nothing the last bottom-up pathway would make.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: int,
+        num_layers: int,
+        min_level: int,
+        max_level: int,
+        backbone_levels: Sequence[int],
+        last_layer_pathways: Sequence[str] = PATHWAYS,
+    ) -> None:
+        layers = []
+        for i in range(num_layers):
+            pathways = last_layer_pathways if i == num_layers - 1 else PATHWAYS
+            layers.append(
+                FpnLayer(
+                    fpn_topology(min_level, max_level, pathways),
+                    in_channels if i == 0 else [channels] * len(in_channels),
+                    channels,
+                    project_levels=backbone_levels if i == 0 else (),
+                )
+            )
+        super().__init__(*layers)

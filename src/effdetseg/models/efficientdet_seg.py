@@ -1,0 +1,167 @@
+"""EfficientDet for semantic segmentation (EfficientDet paper, §5.2).
+
+Reads top to bottom as the tensor flows:
+backbone C2–C5 → P6, P7 from C5 → BiFPN over P2–P7 → extra top-down pathway P7→P2 →
+head on P2 (stride 4) → classifier → transposed convolutions to stride 1 → crop to the input.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..layers import SeparableConvBnAct, crop_to, pad_to_multiple
+from .backbone import Backbone, Pretrained
+from .bifpn import PATHWAYS, BiFPN, ExtraLevels, FpnLayer, fpn_topology
+from .registry import register_model
+
+BACKBONE_LEVELS = (2, 3, 4, 5)  # strides 4 … 32
+
+
+@dataclass(frozen=True)
+class EfficientDetSegConfig:
+    backbone: str
+    bifpn_channels: int
+    bifpn_layers: int
+    head_channels: int
+    head_layers: int
+    extra_top_down: bool = True
+    min_level: int = 2
+    max_level: int = 7
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def scaled_config(phi: int, extra_top_down: bool = True) -> EfficientDetSegConfig:
+    """The one scaling rule, anchored at D4 = the paper's §5.2 model (B4, BiFPN 128×3, head 256×3).
+
+    With s = φ − 4: backbone EfficientNet-Bφ; BiFPN width = 128 · 1.35^s rounded to a multiple
+    of 8 (EfficientDet's width factor); BiFPN layers = max(2, 3 + ⌊s/2⌋); head width = 2 × BiFPN
+    width; head layers = 3.
+    """
+    s = phi - 4
+    width = make_divisible(128 * 1.35**s)
+    return EfficientDetSegConfig(
+        backbone=f"efficientnet_b{phi}",
+        bifpn_channels=width,
+        bifpn_layers=max(2, 3 + math.floor(s / 2)),
+        head_channels=2 * width,
+        head_layers=3,
+        extra_top_down=extra_top_down,
+    )
+
+
+class SegmentationHead(nn.Sequential):
+    """``head_layers`` × (separable conv, BN, swish) at P2, then a 1×1 classifier."""
+
+    def __init__(self, in_channels: int, channels: int, num_layers: int, num_classes: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            *[SeparableConvBnAct(in_channels if i == 0 else channels, channels) for i in range(num_layers)]
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+
+class TransposedConvUpsampler(nn.Sequential):
+    """log2(stride) transposed convolutions (k4, s2) on the class logits, initialised bilinear.
+
+    They run on ``num_classes`` channels, not the head's width: wide convolutions at full
+    resolution are where the original implementation spent most of its 59 GMACs.
+    """
+
+    def __init__(self, channels: int, stride: int) -> None:
+        steps = int(math.log2(stride))
+        if 2**steps != stride:
+            raise ValueError(f"stride must be a power of two, got {stride}")
+        super().__init__(*[nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1, bias=False) for _ in range(steps)])
+        for up in self:
+            up.weight.data.copy_(_bilinear_kernel(channels, 4))
+
+
+def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
+    factor = (size + 1) // 2
+    center = factor - 0.5 if size % 2 == 0 else factor - 1
+    ramp = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / factor
+    kernel = torch.zeros(channels, channels, size, size)
+    kernel[range(channels), range(channels)] = ramp[:, None] * ramp[None, :]
+    return kernel
+
+
+class EfficientDetSeg(nn.Module):
+    """EfficientNet → BiFPN P2–P7 → (extra top-down pathway) → head on P2 → transposed convs."""
+
+    def __init__(self, config: EfficientDetSegConfig, num_classes: int = 21, backbone_pretrained: Pretrained = False) -> None:
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+        if config.min_level != 2:
+            raise ValueError("the head reads P2: min_level must be 2")
+        if config.max_level < 5:
+            raise ValueError("max_level must be at least 5 (C5)")
+        self.backbone = Backbone(config.backbone, backbone_pretrained)
+        self.extra_levels = ExtraLevels(self.backbone.channels[-1], config.bifpn_channels, config.max_level - 5)
+        in_channels = self.backbone.channels + [config.bifpn_channels] * (config.max_level - 5)
+        self.bifpn = BiFPN(
+            in_channels,
+            config.bifpn_channels,
+            config.bifpn_layers,
+            config.min_level,
+            config.max_level,
+            backbone_levels=BACKBONE_LEVELS,
+            # Without the extra pathway only P2 is read: the last bottom-up pathway would be dead.
+            last_layer_pathways=PATHWAYS if config.extra_top_down else ("top_down",),
+        )
+        self.top_down = (
+            FpnLayer(
+                fpn_topology(config.min_level, config.max_level, ("top_down",)),
+                [config.bifpn_channels] * len(in_channels),
+                config.bifpn_channels,
+            )
+            if config.extra_top_down
+            else None
+        )
+        self.head = SegmentationHead(config.bifpn_channels, config.head_channels, config.head_layers, num_classes)
+        self.upsample = TransposedConvUpsampler(num_classes, stride=2**config.min_level)
+
+    @property
+    def input_multiple(self) -> int:
+        return 2**self.config.max_level
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = pad_to_multiple(images, self.input_multiple)
+        features = self.backbone(x)  # C2 … C5
+        features = features + self.extra_levels(features[-1])  # P6, P7
+        features = self.bifpn(features)  # P2 … P7
+        if self.top_down is not None:
+            features = self.top_down(features)
+        logits = self.head(features[0])  # stride 4
+        logits = self.upsample(logits)  # stride 1
+        return crop_to(logits, images)
+
+
+def _register_efficientdet_seg(phi: int, extra_top_down: bool) -> None:
+    name = f"efficientdet_d{phi}_seg" + ("" if extra_top_down else "_p2")
+
+    def variant(num_classes: int = 21, backbone_pretrained: Pretrained = False, **overrides) -> EfficientDetSeg:
+        config = scaled_config(phi, extra_top_down)
+        unknown = set(overrides) - set(asdict(config))
+        if unknown:
+            raise TypeError(f"{name}: unknown override(s) {sorted(unknown)}; known: {sorted(asdict(config))}")
+        config = EfficientDetSegConfig(**{**asdict(config), **overrides})
+        return EfficientDetSeg(config, num_classes=num_classes, backbone_pretrained=backbone_pretrained)
+
+    variant.__name__ = name
+    pathway = "BiFPN + extra top-down pathway, head on P2" if extra_top_down else "head on BiFPN's P2 output"
+    variant.__doc__ = f"EfficientDet-D{phi} segmentation: {pathway}."
+    register_model("efficientdet_seg" if extra_top_down else "efficientdet_seg_p2")(variant)
+
+
+for _phi in range(8):
+    _register_efficientdet_seg(_phi, extra_top_down=True)
+for _phi in range(8):
+    _register_efficientdet_seg(_phi, extra_top_down=False)
