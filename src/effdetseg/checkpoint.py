@@ -80,7 +80,7 @@ def read_model_config(path: str | Path) -> dict[str, Any] | None:
             raise EffdetsegError(f"{path}: not a safetensors file ({e})") from None
         return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise EffdetsegError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model_config"), Mapping):

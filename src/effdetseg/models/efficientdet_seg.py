@@ -70,26 +70,27 @@ class SegmentationHead(nn.Sequential):
 class TransposedConvUpsampler(nn.Sequential):
     """log2(stride) transposed convolutions (k4, s2) on the class logits, initialised bilinear.
 
-    They run on ``num_classes`` channels, not the head's width: wide convolutions at full
-    resolution are where the original implementation spent most of its 59 GMACs.
+    One learnable upsampling filter per class (grouped): they run on ``num_classes`` channels, not
+    the head's width, since wide convolutions at full resolution are where the original
+    implementation spent most of its 59 GMACs.
     """
 
     def __init__(self, channels: int, stride: int) -> None:
         steps = int(math.log2(stride))
         if 2**steps != stride:
             raise ValueError(f"stride must be a power of two, got {stride}")
-        super().__init__(*[nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1, bias=False) for _ in range(steps)])
+        super().__init__(
+            *[nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1, groups=channels, bias=False) for _ in range(steps)]
+        )
         for up in self:
-            up.weight.data.copy_(_bilinear_kernel(channels, 4))
+            up.weight.data.copy_(_bilinear_kernel(4).expand_as(up.weight))
 
 
-def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
+def _bilinear_kernel(size: int) -> torch.Tensor:
     factor = (size + 1) // 2
     center = factor - 0.5 if size % 2 == 0 else factor - 1
     ramp = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / factor
-    kernel = torch.zeros(channels, channels, size, size)
-    kernel[range(channels), range(channels)] = ramp[:, None] * ramp[None, :]
-    return kernel
+    return ramp[:, None] * ramp[None, :]
 
 
 class EfficientDetSeg(nn.Module):

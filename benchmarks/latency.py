@@ -1,0 +1,64 @@
+"""CPU fp32 latency of one 3×512×512 image: EfficientDet-Seg against segmentation_models_pytorch FPN.
+
+Each pair runs alternately in this one process (ours, FPN, ours, FPN, …), so a noisy machine slows
+both alike and the ratio holds. Prints the median and p90 of each and the ratio ours/FPN.
+
+    python benchmarks/latency.py [--resolution 512] [--repeats 9] [--warmup 2] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+import effdetseg
+
+PAIRS = [("efficientdet_d0_seg", "timm-efficientnet-b0"), ("efficientdet_d4_seg", "timm-efficientnet-b4")]
+
+
+def timed(model: torch.nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(x)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs per model (≥ 7)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--num_classes", type=int, default=21)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import segmentation_models_pytorch as smp
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, 1×3×{args.resolution}×{args.resolution}")
+    x = torch.randn(1, 3, args.resolution, args.resolution)
+    for ours_name, encoder in PAIRS:
+        torch.manual_seed(0)
+        ours = effdetseg.create_model(ours_name, num_classes=args.num_classes).eval()
+        fpn = smp.FPN(encoder_name=encoder, encoder_weights=None, classes=args.num_classes).eval()
+        times: dict[str, list[float]] = {"ours": [], "fpn": []}
+        with torch.inference_mode():
+            for _ in range(args.warmup):
+                timed(ours, x), timed(fpn, x)
+            for _ in range(args.repeats):
+                times["ours"].append(timed(ours, x))
+                times["fpn"].append(timed(fpn, x))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        p90 = {k: statistics.quantiles(v, n=10)[-1] for k, v in times.items()}
+        print(
+            f"{ours_name:22s} median {med['ours'] * 1e3:8.1f} ms (p90 {p90['ours'] * 1e3:7.1f})   "
+            f"smp FPN {encoder:22s} median {med['fpn'] * 1e3:8.1f} ms (p90 {p90['fpn'] * 1e3:7.1f})   "
+            f"ratio ours/FPN {med['ours'] / med['fpn']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
