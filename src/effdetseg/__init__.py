@@ -1,7 +1,8 @@
 """effdetseg: semantic segmentation with EfficientDet (EfficientNet + BiFPN over P2–P7)."""
 from .checkpoint import load_model, save_model
 from .models import create_model, list_models
+from .predictor import Predictor
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "load_model", "save_model", "__version__"]
+__all__ = ["create_model", "list_models", "load_model", "save_model", "Predictor", "__version__"]

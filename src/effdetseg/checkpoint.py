@@ -99,9 +99,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         num_classes = getattr(model, "num_classes", None)
         classes_hint = ""
         head = [k for k in mismatched if "classifier" in k or "upsample" in k]
-        if head and num_classes is not None:
-            stored = state_dict[head[0]].shape[0]
-            classes_hint = f" (the checkpoint has {stored} classes, the model {num_classes})"
+        if head and num_classes is not None and state_dict[head[0]].shape[0] != num_classes:
+            classes_hint = f" (the checkpoint has {state_dict[head[0]].shape[0]} classes, the model {num_classes})"
         raise EffdetsegError(f"{path}: shapes do not fit the model{classes_hint}: {', '.join(mismatched[:5])}")
     if missing or unexpected:
         detail = []

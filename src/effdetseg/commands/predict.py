@@ -1,0 +1,222 @@
+"""``effdetseg predict``: segment an image, a folder or a glob; write color mask, overlay and label ids.
+
+For each image, at its original size:
+- ``<name>_mask.png``: the color mask;
+- ``<name>_overlay.jpg``: the mask alpha-blended on the image (``--overlay side``: the image and
+  the mask side by side, as the original project wrote), with a legend of the classes present;
+- ``<name>_labels.png``: the raw class ids as a palette PNG (pixel value = class id).
+With a single image and ``--output dog_mask.jpg`` (an image file name), the color mask goes to
+that file and the others next to it: ``dog_mask_overlay.jpg``, ``dog_mask_labels.png``.
+
+Exit status: 0 when every image was written; 1 when some images of a folder or glob could not
+be read (the others are written, each bad one is reported on stderr); 2 for bad input
+(nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.image_io import IMAGE_EXTENSIONS
+from ..data.labels import LabelSet
+from ..errors import EffdetsegError
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    mask: Path
+    overlay: Path
+    labels: Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="effdetseg predict",
+        description="Segment images with a checkpoint (or an exported ONNX/TorchScript file). Exit status: "
+        "0 all written, 1 some images of a folder/glob were unreadable (the rest are written), 2 bad input.",
+    )
+    parser.add_argument("--data", required=True, help="an image, a folder of images, or a glob such as 'photos/*.jpg'")
+    parser.add_argument("--checkpoint", help="effdetseg checkpoint (config included), or an exported .onnx / TorchScript file")
+    parser.add_argument("--model", help="model name (with --weights), or an exported file (with --backend onnx|torchscript)")
+    parser.add_argument("--weights", help="weights for --model: a bare state dict (the original's model.pth) or a checkpoint")
+    parser.add_argument("--num_classes", type=int, help="number of classes (default: the checkpoint's; 21 for a bare state dict)")
+    parser.add_argument("--labels", help="labels JSON {\"0\": {\"class\": …, \"color\": [r, g, b]}, …} (default: VOC for 21 classes)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        help="resize images to this square size before the network (default: the checkpoint's training "
+        "size, else 512; 0 = original size); outputs always have the original size",
+    )
+    parser.add_argument("--keep-aspect", action="store_true", help="resize the longer side to --resolution instead of a square")
+    parser.add_argument("--output", default="predictions", help="output folder, or an image file name for a single image (default: predictions)")
+    parser.add_argument("--overlay", choices=("blend", "side"), default="blend", help="alpha-blended or side by side (default: blend)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the blended overlay (default: 0.5)")
+    parser.add_argument("--no-legend", action="store_true", help="no legend on the overlay")
+    parser.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
+    parser.add_argument("--backend", choices=("torch", "onnx", "torchscript"), help="default: from the model file")
+    return parser
+
+
+def find_images(data: str) -> list[Path]:
+    """The images ``--data`` names: one file, a folder's image files, or a glob's image files."""
+    path = Path(data)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise EffdetsegError(f"{path}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return images
+    if glob.has_magic(data):
+        matches = sorted(Path(p) for p in glob.glob(data, recursive=True))
+        images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images:
+            raise EffdetsegError(f"{data}: the pattern matches no images")
+        return images
+    raise EffdetsegError(f"{data}: no such image, folder or pattern")
+
+
+def plan_outputs(images: list[Path], output: Path) -> list[OutputPaths]:
+    """Where each image's three files go. A single image may name its color-mask file; otherwise
+    ``output`` is a folder that mirrors the images' folders below their common root."""
+    if output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir():
+        if len(images) != 1:
+            raise EffdetsegError(f"{output}: an image file name, but --data gives {len(images)} images; pass a folder")
+        stem = output.with_suffix("")
+        return [OutputPaths(output, Path(f"{stem}_overlay{output.suffix}"), Path(f"{stem}_labels.png"))]
+    root = Path(os.path.commonpath([str(p.parent.resolve()) for p in images]))
+    plans = []
+    for image in images:
+        folder = output / image.parent.resolve().relative_to(root)
+        plans.append(
+            OutputPaths(folder / f"{image.stem}_mask.png", folder / f"{image.stem}_overlay.jpg", folder / f"{image.stem}_labels.png")
+        )
+    return plans
+
+
+def check_writable(plans: list[OutputPaths]) -> None:
+    """Fail before any work when an output folder cannot be created or written."""
+    for folder in sorted({p.mask.parent for p in plans}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EffdetsegError(f"{folder}: cannot create output folder ({e.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise EffdetsegError(f"{folder}: output folder is not writable")
+    for plan in plans:
+        for path in (plan.mask, plan.overlay, plan.labels):
+            if path.is_dir() or (path.exists() and not os.access(path, os.W_OK)):
+                raise EffdetsegError(f"{path}: output path is not a writable file")
+
+
+def _model_source(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The model file and the model name for a bare state dict."""
+    if args.checkpoint and args.weights:
+        raise EffdetsegError("give --checkpoint or --weights, not both")
+    if args.checkpoint:
+        return Path(args.checkpoint), args.model
+    if args.weights:
+        if not args.model:
+            raise EffdetsegError("--weights needs --model NAME (e.g. efficientdet_d4_seg)")
+        return Path(args.weights), args.model
+    if args.model and (args.backend in ("onnx", "torchscript") or Path(args.model).is_file()):
+        return Path(args.model), None
+    raise EffdetsegError(
+        "no model: give --checkpoint PATH, or --model NAME --weights PATH, or --backend onnx --model FILE.onnx"
+    )
+
+
+def _label_set(path: str | None, num_classes: int, stored: LabelSet | None) -> LabelSet:
+    """--labels, else the checkpoint's own, else VOC for 21 classes, CamVid for 11, generic names."""
+    if path is None:
+        if stored is not None:
+            return stored
+        if num_classes == 21:
+            return LabelSet.voc()
+        if num_classes == 11:
+            return LabelSet.camvid()
+        return LabelSet.generic(num_classes)
+    labels = LabelSet.from_json(path)
+    if labels.num_classes != num_classes:
+        raise EffdetsegError(f"{path}: {labels.num_classes} classes, but the model predicts {num_classes}")
+    return labels
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise EffdetsegError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise EffdetsegError(f"--alpha must be in [0, 1], got {args.alpha}")
+    from tqdm import tqdm
+
+    from ..data.image_io import read_image
+    from ..predictor import Predictor
+    from ..visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
+
+    images = find_images(args.data)
+    plans = plan_outputs(images, Path(args.output))
+    check_writable(plans)
+    source, model_name = _model_source(args)
+    predictor = Predictor(
+        source,
+        device=args.device,
+        backend=args.backend,
+        model_name=model_name,
+        num_classes=args.num_classes,
+        resolution=args.resolution,
+        keep_aspect=args.keep_aspect,
+        batch_size=args.batch_size,
+    )
+    labels_set = _label_set(args.labels, predictor.num_classes, predictor.labels)
+    size = predictor.preprocessing.resolution
+    print(
+        f"model {predictor.model_config.get('name', source.name)} ({predictor.num_classes} classes, "
+        f"{predictor.backend} on {predictor.device}), input "
+        f"{'original size' if size is None else f'{size[0]}×{size[1]}'}{' keeping aspect' if args.keep_aspect else ''}"
+    )
+
+    failures: list[str] = []
+    written = 0
+    started = time.perf_counter()
+    progress = tqdm(total=len(images), unit="img", disable=len(images) == 1, file=sys.stderr)
+    for start in range(0, len(images), args.batch_size):
+        batch = []
+        for path, plan in zip(images[start : start + args.batch_size], plans[start : start + args.batch_size]):
+            try:
+                batch.append((path, plan, read_image(path)))
+            except EffdetsegError as e:
+                if len(images) == 1:
+                    raise
+                failures.append(str(e))
+                progress.write(f"effdetseg predict: error: {e}", file=sys.stderr)
+                progress.update()
+        if not batch:
+            continue
+        label_maps = predictor.predict([image for _, _, image in batch])
+        for (path, plan, image), labels in zip(batch, label_maps):
+            mask = color_mask(labels, labels_set)
+            present = present_classes(labels, predictor.num_classes)
+            picture = overlay(image, mask, args.overlay, args.alpha)
+            if not args.no_legend:
+                picture = with_legend(picture, labels_set, [class_id for class_id, _ in present])
+            save_image(mask, plan.mask)
+            save_image(picture, plan.overlay)
+            save_image(label_image(labels, labels_set), plan.labels)
+            classes = ", ".join(f"{labels_set.names[i]} {100 * share:.1f} %" for i, share in present)
+            progress.write(f"{path} → {plan.mask}, {plan.overlay.name}, {plan.labels.name}: {classes}")
+            written += 1
+            progress.update()
+    progress.close()
+    elapsed = time.perf_counter() - started
+    print(f"wrote {written} of {len(images)} image(s) in {elapsed:.1f} s ({written / max(elapsed, 1e-9):.2f} img/s)")
+    if failures:
+        print(f"effdetseg predict: error: {len(failures)} of {len(images)} image(s) could not be read (listed above)", file=sys.stderr)
+        return 1
+    return 0
