@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except EffdetsegError as e:
         print(f"effdetseg {command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"effdetseg {command}: interrupted", file=sys.stderr)
         return 130

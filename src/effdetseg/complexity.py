@@ -1,6 +1,7 @@
 """Parameters and multiply-adds, counted by running the model on the meta device (no memory, no time)."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -15,8 +16,11 @@ def count_parameters(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_size: tuple[int, int] = (512, 512), batch: int = 1) -> int:
     """Multiply-adds of one forward pass (convolutions and matmuls; PyTorch counts 2 FLOPs per MAC).
 
-    The model is moved to the meta device: the count needs shapes only.
+    The count runs on the meta device (shapes only); a model with real weights is copied there
+    first, so the caller's model stays where it is.
     """
+    if any(p.device.type != "meta" for p in model.parameters()):
+        model = copy.deepcopy(model)
     model = model.to("meta").eval()
     x = torch.empty(batch, 3, *input_size, device="meta")
     counter = FlopCounterMode(display=False)
