@@ -1,0 +1,18 @@
+"""Training and evaluation: losses, dataset-level metrics, the loop, checkpoints, DDP and plots.
+
+Entry points: ``run_training(cfg)`` (what ``effdetseg train`` runs) and
+``training.evaluation.evaluate`` (shared by validation and ``effdetseg evaluate``).
+"""
+from .losses import RegionLoss, SegmentationLoss, build_loss
+from .metrics import ConfusionMatrix, SegmentationMetrics
+from .schedulers import WarmupCosineLR, WarmupPolyLR
+
+__all__ = [
+    "ConfusionMatrix",
+    "SegmentationMetrics",
+    "RegionLoss",
+    "SegmentationLoss",
+    "build_loss",
+    "WarmupPolyLR",
+    "WarmupCosineLR",
+]

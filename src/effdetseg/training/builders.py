@@ -1,0 +1,103 @@
+"""Model, optimizer and scheduler from the ``train`` config (``_target_`` nodes via Hydra)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from ..checkpoint import load_weights
+from ..errors import EffdetsegError
+from ..models import create_model, is_model, model_family
+from .schedulers import stepped_per_iteration
+
+SEGMENTATION_FAMILIES = ("efficientdet_seg", "efficientdet_seg_p2", "unet")
+
+
+def build_model(model_cfg: DictConfig) -> nn.Module:
+    """``train.model``: the variant, its backbone and overrides, then optional whole-model weights."""
+    name = str(model_cfg.name)
+    if not is_model(name) or model_family(name) not in SEGMENTATION_FAMILIES:
+        from ..models import list_models
+
+        choices = [n for n in list_models() if model_family(n) in SEGMENTATION_FAMILIES]
+        raise EffdetsegError(f"train.model.name: {name!r} is not a segmentation model; choose from {', '.join(choices)}")
+    overrides = model_cfg.get("overrides")
+    kwargs: dict[str, Any] = dict(OmegaConf.to_container(overrides, resolve=True)) if overrides else {}
+    if model_cfg.get("backbone"):
+        kwargs["backbone"] = str(model_cfg.backbone)
+    pretrained = model_cfg.get("backbone_pretrained")
+    if isinstance(pretrained, str):
+        if pretrained.lower() in ("true", "false"):
+            pretrained = pretrained.lower() == "true"
+        elif not Path(pretrained).expanduser().is_file():
+            raise EffdetsegError(f"train.model.backbone_pretrained: {pretrained} is not a file (use true, false or a weights file)")
+        else:
+            pretrained = str(Path(pretrained).expanduser())
+    if pretrained:
+        kwargs["backbone_pretrained"] = pretrained
+    try:
+        model = create_model(name, num_classes=int(model_cfg.num_classes), **kwargs)
+    except EffdetsegError as e:
+        raise EffdetsegError(f"train.model.backbone_pretrained: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise EffdetsegError(f"train.model: {e}") from None
+    except Exception as e:  # hub downloads without internet, missing timm weights, …
+        if pretrained is True:
+            raise EffdetsegError(
+                f"train.model.backbone_pretrained=true: could not fetch the backbone's weights ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); pass a local weights file instead"
+            ) from None
+        raise
+    if model_cfg.get("weights"):
+        weights = Path(str(model_cfg.weights)).expanduser()
+        if not weights.is_file():
+            raise EffdetsegError(f"train.model.weights: {weights} not found")
+        load_weights(model, weights)
+    return model
+
+
+def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``train.optimizer`` with weight decay on conv/linear weights only (not norms and biases)."""
+    weight_decay = float(optimizer_cfg.get("weight_decay", 0.0) or 0.0)
+    params = param_groups_weight_decay(model, weight_decay=weight_decay)
+    try:
+        # _partial_: Hydra would wrap the list of parameter groups into a DictConfig.
+        return instantiate(optimizer_cfg, _partial_=True)(params)
+    except Exception as e:
+        raise EffdetsegError(f"train.optimizer ({optimizer_cfg.get('_target_')}): {_first_line(e)}") from None
+
+
+def build_scheduler(
+    scheduler_cfg: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
+    """``train.scheduler`` and whether it steps per optimizer step (True) or per epoch (False)."""
+    if scheduler_cfg is None or scheduler_cfg.get("_target_") is None:
+        return None, False
+    try:
+        target = get_class(str(scheduler_cfg._target_))
+    except Exception as e:
+        raise EffdetsegError(f"train.scheduler._target_: {_first_line(e)}") from None
+    per_step = stepped_per_iteration(target)
+    extra: dict[str, Any] = {"optimizer": optimizer}
+    if per_step:
+        extra.update(epochs=epochs, steps_per_epoch=steps_per_epoch)
+    try:
+        return instantiate(scheduler_cfg, **extra), per_step
+    except Exception as e:
+        raise EffdetsegError(f"train.scheduler ({scheduler_cfg._target_}): {_first_line(e)}") from None
+
+
+def steps_per_epoch(batches: int, accumulation: int) -> int:
+    return math.ceil(batches / accumulation)
+
+
+def _first_line(error: BaseException) -> str:
+    cause = error.__cause__ or error
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__

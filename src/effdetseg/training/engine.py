@@ -1,0 +1,420 @@
+"""The training loop: epochs of (accumulated, mixed-precision, clipped) steps, EMA, validation,
+checkpoints, logs and plots.
+
+One ``Trainer`` per process; under torchrun each process drives one device, gradients are
+averaged by DDP, the validation confusion matrix is summed over ranks and rank 0 writes files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..data import build_dataset, build_label_set
+from ..errors import EffdetsegError
+from . import experiment as exp
+from .builders import build_model, build_optimizer, build_scheduler, steps_per_epoch
+from .checkpointing import (
+    BEST,
+    LAST,
+    checkpoint_metadata,
+    cpu_state_dict,
+    load_optimizer_state,
+    load_training_state,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
+from .distributed import DistributedContext, all_reduce_mean, broadcast_buffers
+from .evaluation import evaluate
+from .loaders import TrainLoader, val_loader
+from .losses import build_loss
+from .metrics import SegmentationMetrics
+
+
+class TrainingDiverged(EffdetsegError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    experiment_dir: Path
+    best_epoch: int
+    best_source: str
+    best_metrics: SegmentationMetrics
+    class_names: tuple[str, ...]
+    files: list[str]
+
+
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: a few CUDA kernels (e.g. 2-D NLL loss) have no deterministic version.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_amp(train_cfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler): fp16 + scaler on CUDA, bf16 on CPU by default."""
+    if not train_cfg.amp:
+        return None, False
+    choice = train_cfg.amp_dtype
+    if choice == "auto":
+        choice = "float16" if device.type == "cuda" else "bfloat16"
+    if choice == "float16" and device.type != "cuda":
+        raise EffdetsegError("train.amp_dtype=float16 needs CUDA; use bfloat16 (or auto) on the CPU")
+    dtype = torch.float16 if choice == "float16" else torch.bfloat16
+    return dtype, dtype == torch.float16
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, ctx: DistributedContext, experiment_dir: Path, resume: bool) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self.dir = experiment_dir
+        self.log = exp.Log(experiment_dir, ctx.is_main)
+        self.progress = bool(cfg.train.progress) and ctx.is_main
+        self.num_epochs = int(cfg.train.num_epochs)
+
+        configure_determinism(bool(cfg.deterministic))
+        seed_everything(int(cfg.seed) + ctx.rank)
+
+        self.labels = build_label_set(cfg.data)
+        self.num_classes = int(cfg.train.model.num_classes)
+        self.ignore_index = int(cfg.data.ignore_index)
+        self.train_set = build_dataset(cfg.data, "train")
+        self.val_set = build_dataset(cfg.data, "val")
+
+        self.model = build_model(cfg.train.model).to(self.device)
+        self.channels_last = bool(cfg.train.channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if ctx.is_distributed and self.device.type == "cuda" and cfg.train.sync_batchnorm:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        ema_cfg = cfg.train.ema
+        self.ema = ModelEmaV3(self.model, decay=float(ema_cfg.decay), use_warmup=bool(ema_cfg.warmup)) if ema_cfg.enabled else None
+        self.train_model: nn.Module = self.model
+        if ctx.is_distributed:
+            self.train_model = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+
+        self.criterion = build_loss(cfg.train.loss, self.num_classes).to(self.device)
+        self.optimizer = build_optimizer(cfg.train.optimizer, self.model)
+        if cfg.train.model.optimizer_state and not resume:
+            load_optimizer_state(self.optimizer, str(cfg.train.model.optimizer_state))
+
+        self.train_loader = TrainLoader(self.train_set, int(cfg.data.batch_size), int(cfg.data.num_workers), int(cfg.seed), ctx)
+        self.val_loader = val_loader(self.val_set, int(cfg.validation.batch_size), int(cfg.validation.num_workers), ctx)
+        self.accumulation = int(cfg.train.loss.accumulation_iter)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_loader), self.accumulation)
+        self.scheduler, self.scheduler_per_step = build_scheduler(cfg.train.scheduler, self.optimizer, self.num_epochs, self.steps_per_epoch)
+        self.amp_dtype, use_scaler = resolve_amp(cfg.train, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.clip = cfg.train.clip_grad_norm
+
+        self.start_epoch = 0
+        self.global_step = 0
+        self.best: dict[str, Any] | None = None  # {"epoch", "source", "miou", "matrix"}
+        self.history: list[dict] = []
+        if resume:
+            self._restore()
+
+        self.writer = None
+        if ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self.global_step if resume else None)
+
+    # ------------------------------------------------------------------ state
+
+    def _restore(self) -> None:
+        path = self.dir / LAST
+        if not path.is_file():
+            self.log(f"resume: {path} does not exist yet (stopped in the first epoch); starting from epoch 1")
+            if self.ctx.is_main:
+                self.history = exp.read_history(self.dir, 0)
+            return
+        state = load_training_state(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            # The position in the schedule comes from the checkpoint; its shape from the current
+            # config, so `resume=… train.num_epochs=40` stretches a warm-up/poly schedule.
+            lambdas = [fn for fn in getattr(self.scheduler, "lr_lambdas", []) if hasattr(fn, "__dict__")]
+            shapes = [dict(vars(fn)) for fn in lambdas]
+            self.scheduler.load_state_dict(state["scheduler"])
+            for fn, shape in zip(lambdas, shapes):
+                vars(fn).update(shape)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.start_epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best = state.get("best")
+        rng = state["rng"]
+        rng_list = rng if isinstance(rng, list) else [rng]
+        if len(rng_list) == self.ctx.world_size:
+            set_rng_state(rng_list[self.ctx.rank])
+        else:  # a different number of processes: the data order still follows (seed, epoch)
+            seed_everything(int(self.cfg.seed) + self.ctx.rank + 7919 * self.start_epoch)
+        if self.ctx.is_main:
+            self.history = exp.read_history(self.dir, self.start_epoch)
+        self.log(f"resumed {self.dir} after epoch {self.start_epoch} (optimizer step {self.global_step})")
+
+    def _gather_rng(self) -> list[dict]:
+        state = rng_state()
+        if self.ctx.is_distributed:
+            states: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(states, state)
+            return states
+        return [state]
+
+    def _metadata(self) -> dict[str, Any]:
+        prep = self.cfg.data.get("preprocessing") or {}
+        size = (prep.get("resize_height"), prep.get("resize_width"))
+        return checkpoint_metadata(self.model, self.labels, self.cfg.data.normalize, size if all(size) else None)
+
+    def _save_last(self, epoch: int) -> None:
+        broadcast_buffers(self.model)  # collective: every rank takes part
+        if self.ema is not None:
+            broadcast_buffers(self.ema.module)
+        rng = self._gather_rng()
+        if not self.ctx.is_main:
+            return
+        state = {
+            **self._metadata(),
+            "model": cpu_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": cpu_state_dict(self.ema.module) if self.ema is not None else None,
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "rng": rng,
+        }
+        save_training_state(self.dir / LAST, state)
+
+    def _save_best(self, module: nn.Module, epoch: int, source: str, metrics: SegmentationMetrics) -> None:
+        if not self.ctx.is_main:
+            return
+        state = {
+            **self._metadata(),
+            "model": cpu_state_dict(module),
+            "epoch": epoch,
+            "source": source,
+            "metrics": metrics.to_dict(self.labels.names, with_matrix=True),
+        }
+        save_training_state(self.dir / BEST, state)
+
+    # ------------------------------------------------------------------ loop
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        loader = self.train_loader.epoch(epoch)
+        self.train_model.train()
+        batches = len(loader)
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        bar = tqdm(loader, total=batches, desc=f"epoch {epoch + 1}/{self.num_epochs}", disable=not self.progress, leave=False, dynamic_ncols=True)
+        loss_sum, parts_sum, seen = 0.0, {}, 0
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(bar):
+            images = batch["image"].to(self.device, non_blocking=True)
+            masks = batch["mask"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            sync = (i + 1) % self.accumulation == 0 or i + 1 == batches
+            no_sync = self.train_model.no_sync() if self.ctx.is_distributed and not sync else nullcontext()
+            with no_sync:
+                with autocast:
+                    logits = self.train_model(images)
+                loss, parts = self.criterion(logits, masks)
+                loss_value = float(all_reduce_mean(loss.detach()))
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"loss is {loss_value} at epoch {epoch + 1}, batch {i + 1}/{batches} (optimizer step "
+                        f"{self.global_step + 1}); stopped. Last good checkpoint: {self.dir / LAST}. "
+                        "Try a lower train.optimizer.lr, train.clip_grad_norm=1.0 or train.amp=false"
+                    )
+                # Micro-batches of an accumulated step may differ in size (the epoch's last step).
+                group = min(self.accumulation, batches - (i // self.accumulation) * self.accumulation)
+                self.scaler.scale(loss / group).backward()
+            if sync:
+                self._optimizer_step()
+            loss_sum += loss_value
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
+            seen += images.shape[0] * self.ctx.world_size
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}", lr=f"{self._lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
+        if self.scheduler is not None and not self.scheduler_per_step:
+            self.scheduler.step()
+        elapsed = time.perf_counter() - start
+        result = {"train_loss": loss_sum / max(batches, 1), "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+        result.update({f"train_loss_{k}": v / max(batches, 1) for k, v in parts_sum.items()})
+        return result
+
+    def _optimizer_step(self) -> None:
+        if self.clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        if self.scheduler is not None and self.scheduler_per_step:
+            self.scheduler.step()
+        if self.writer is not None and self.global_step % max(1, int(self.cfg.train.log_every)) == 0:
+            self.writer.add_scalar("train/lr", self._lr(), self.global_step)
+
+    def validate(self, module: nn.Module, name: str) -> SegmentationMetrics:
+        matrix = evaluate(
+            module,
+            self.val_loader,
+            self.num_classes,
+            self.device,
+            ignore_index=self.ignore_index,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
+            progress=self.progress,
+            description=f"validate ({name})",
+        )
+        return matrix.compute()
+
+    def fit(self) -> TrainResult | None:
+        names = self.labels.names
+        if self.start_epoch == 0:
+            self.log(
+                f"training {self.cfg.train.model.name} on {self.cfg.data.name}: {len(self.train_set)} train / "
+                f"{len(self.val_set)} val images, {self.num_epochs} epochs × {self.steps_per_epoch} steps, "
+                f"device {self.device}" + (f" × {self.ctx.world_size} processes" if self.ctx.is_distributed else "")
+            )
+        epoch_step = int(self.cfg.validation.epoch_step)
+        for epoch in range(self.start_epoch, self.num_epochs):
+            stats = self.train_epoch(epoch)
+            record: dict[str, Any] = {"epoch": epoch + 1, "global_step": self.global_step, "lr": self._lr(), **stats}
+            done = epoch + 1
+            if done % epoch_step == 0 or done == self.num_epochs:
+                self._validate_epoch(done, record)
+            self._save_last(done)
+            if self.ctx.is_main:
+                self.history.append(record)
+                exp.append_history(self.dir, record)
+                self._log_epoch(record)
+        if self.writer is not None:
+            self.writer.close()
+        if not self.ctx.is_main:
+            return None
+        if self.best is None:
+            raise EffdetsegError("no validation ran: nothing to report")
+        best_metrics = SegmentationMetrics.from_matrix(self.best["matrix"])
+        files = self._finish(best_metrics)
+        return TrainResult(self.dir, int(self.best["epoch"]), str(self.best["source"]), best_metrics, tuple(names), files)
+
+    def _validate_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        names = self.labels.names
+        broadcast_buffers(self.model)
+        if self.ema is not None:
+            broadcast_buffers(self.ema.module)
+        candidates = [("model", self.model, self.validate(self.model, "model"))]
+        if self.ema is not None:
+            candidates.append(("ema", self.ema.module, self.validate(self.ema.module, "EMA")))
+        for source, _, metrics in candidates:
+            record["val" if source == "model" else "val_ema"] = metrics.to_dict(names)
+        score = lambda m: -1.0 if math.isnan(m.miou) else m.miou  # noqa: E731  (no labelled pixel: NaN)
+        source, module, metrics = max(candidates, key=lambda c: score(c[2]))
+        if self.best is None or score(metrics) > self.best["miou"]:
+            self.best = {"epoch": epoch, "source": source, "miou": score(metrics), "matrix": metrics.matrix.cpu()}
+            self._save_best(module, epoch, source, metrics)
+        if self.writer is not None:
+            for source, _, m in candidates:
+                self.writer.add_scalar(f"val/miou_{source}", m.miou, self.global_step)
+                self.writer.add_scalar(f"val/pixel_accuracy_{source}", m.pixel_accuracy, self.global_step)
+            for name, iou in zip(names, candidates[0][2].iou):
+                if not math.isnan(iou):
+                    self.writer.add_scalar(f"val_class_iou/{name}", iou, self.global_step)
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/epoch_loss", record["train_loss"], self.global_step)
+            self.writer.add_scalar("train/images_per_s", record["images_per_s"], self.global_step)
+        text = (
+            f"epoch {record['epoch']:>3}/{self.num_epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
+            f"{record['images_per_s']:.1f} img/s  {record['epoch_time_s']:.0f}s"
+        )
+        if record.get("val"):
+            text += f"  val mIoU {_pct(record['val']['miou'])}"
+        if record.get("val_ema"):
+            text += f"  EMA {_pct(record['val_ema']['miou'])}"
+        if self.best is not None:
+            text += f"  best {_pct(self.best['miou'])} (epoch {self.best['epoch']}, {self.best['source']})"
+        self.log(text)
+
+    def _finish(self, best_metrics: SegmentationMetrics) -> list[str]:
+        """Plots from the history and the best weights; the list of files written."""
+        from . import plots
+
+        names, colors = self.labels.names, self.labels.colors
+        plots.plot_curves(self.history, self.dir / "curves.png")
+        plots.plot_class_iou(
+            names, best_metrics.iou, colors, self.dir / "per_class_iou.png",
+            f"per-class IoU, best epoch {self.best['epoch']} ({self.best['source']}): mIoU {_pct(best_metrics.miou)}",
+        )
+        best_state = torch.load(self.dir / BEST, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(best_state["model"])
+        self._prediction_grid(self.model, self.dir / "val_grid.png")
+        return ["config.yaml", LAST, BEST, exp.METRICS, exp.LOG, "tensorboard/", "curves.png", "per_class_iou.png", "val_grid.png"]
+
+    @torch.no_grad()
+    def _prediction_grid(self, module: nn.Module, path: Path) -> None:
+        from . import plots
+
+        count = min(int(self.cfg.validation.grid_images), len(self.val_set))
+        if count <= 0:
+            return
+        module.eval()
+        mean, std = list(self.cfg.data.normalize.mean), list(self.cfg.data.normalize.std)
+        images, targets, predictions, ids = [], [], [], []
+        for index in range(count):
+            item = self.val_set[index]
+            logits = module(item["image"].unsqueeze(0).to(self.device))
+            predictions.append(logits.argmax(1)[0].cpu().numpy())
+            images.append(plots.denormalize(item["image"].numpy(), mean, std))
+            targets.append(item["mask"].numpy())
+            ids.append(str(item["id"]))
+        plots.plot_prediction_grid(images, targets, predictions, ids, self.labels.colors, self.labels.names, path)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"

@@ -1,0 +1,110 @@
+"""The experiment directory: its name, its files, and the log that goes both to screen and disk.
+
+``experiments/<experiment_name>/`` holds config.yaml (resolved), last.pth, best.pth,
+metrics.jsonl (one JSON line per epoch), train.log, tensorboard/ and the plots. A new run never
+writes into an existing directory; ``resume=`` is the only way back into one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..checkpoint import atomic_write
+from ..errors import EffdetsegError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+LOG = "train.log"
+
+
+def create_experiment_dir(cfg: DictConfig) -> Path:
+    """Make a fresh ``experiments_dir/experiment_name`` (a timestamped default name when null)."""
+    root = Path(str(cfg.experiments_dir)).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    if cfg.experiment_name:
+        name = str(cfg.experiment_name)
+        if "/" in name or name in (".", ".."):
+            raise EffdetsegError(f"experiment_name: {name!r} must be a plain directory name")
+        path = root / name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise EffdetsegError(
+                f"experiment_name: {path} already exists; choose another name, or continue it with resume={path}"
+            ) from None
+        return path
+    stem = f"{cfg.train.model.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in [""] + [f"-{i}" for i in range(1, 1000)]:
+        try:
+            (root / (stem + suffix)).mkdir()
+            return root / (stem + suffix)
+        except FileExistsError:
+            continue
+    raise EffdetsegError(f"experiments_dir: could not create a new directory for {stem} in {root}")
+
+
+def resolve_resume_dir(resume: str) -> Path:
+    """``resume=experiments/NAME`` (or its last.pth) → the experiment directory."""
+    path = Path(resume).expanduser()
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise EffdetsegError(f"resume: {path} is not an experiment directory")
+    if not (path / CONFIG).is_file():
+        raise EffdetsegError(f"resume: {path} has no {CONFIG}; it is not an effdetseg experiment")
+    return path
+
+
+def save_config(cfg: DictConfig, experiment_dir: Path) -> None:
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    atomic_write(experiment_dir / CONFIG, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_history(experiment_dir: Path, up_to_epoch: int) -> list[dict]:
+    """Epoch records of metrics.jsonl up to ``up_to_epoch``; the file is rewritten without later ones
+    (epochs a killed run logged after its last checkpoint are trained again)."""
+    path = experiment_dir / METRICS
+    if not path.is_file():
+        return []
+    history = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if record.get("epoch", 0) <= up_to_epoch:
+            history.append(record)
+    write_history(experiment_dir, history)
+    return history
+
+
+def write_history(experiment_dir: Path, history: Sequence[dict]) -> None:
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    atomic_write(experiment_dir / METRICS, lambda tmp: Path(tmp).write_text(text))
+
+
+def append_history(experiment_dir: Path, record: dict) -> None:
+    with open(experiment_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class Log:
+    """Print on rank 0 and append to train.log in the experiment directory."""
+
+    def __init__(self, experiment_dir: Path | None, enabled: bool) -> None:
+        self.path = experiment_dir / LOG if experiment_dir is not None else None
+        self.enabled = enabled
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(message)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(message + "\n")

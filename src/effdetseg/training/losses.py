@@ -1,0 +1,137 @@
+"""The training loss: distribution (cross-entropy) + region (soft-IoU or soft-Dice), each weighted.
+
+Cross-entropy scores every pixel on its own; the region term scores each class's overlap as a
+whole, so small objects and rare classes count as much as large ones. Ignored pixels (255) are
+left out of both.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..errors import EffdetsegError
+
+REGION_LOSS_TYPES = ("iou", "dice")
+
+
+class RegionLoss(nn.Module):
+    """Soft-IoU (Jaccard) or soft-Dice loss over classes, from softmax probabilities.
+
+    Intersections and unions are summed over the whole batch, then ``1 - score`` is averaged over
+    the classes present in the batch's targets (a class absent from the batch has no region to
+    overlap; cross-entropy already penalises predicting it). Pixels equal to ``ignore_index`` are
+    excluded from both prediction and target.
+    """
+
+    def __init__(self, loss_type: str = "iou", ignore_index: int = 255, smooth: float = 1.0) -> None:
+        super().__init__()
+        if loss_type not in REGION_LOSS_TYPES:
+            raise EffdetsegError(f"train.loss.region.loss_type: expected one of {REGION_LOSS_TYPES}, got {loss_type!r}")
+        self.loss_type = loss_type
+        self.ignore_index = ignore_index
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        num_classes = logits.shape[1]
+        probs = logits.float().softmax(dim=1)
+        valid = target != self.ignore_index
+        safe_target = torch.where(valid, target, torch.zeros_like(target))
+        one_hot = F.one_hot(safe_target, num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+        valid = valid.unsqueeze(1).to(probs.dtype)
+        probs = probs * valid
+        one_hot = one_hot * valid
+        dims = (0, 2, 3)
+        intersection = (probs * one_hot).sum(dims)
+        target_area = one_hot.sum(dims)
+        pred_area = probs.sum(dims)
+        if self.loss_type == "iou":
+            union = pred_area + target_area - intersection
+            score = (intersection + self.smooth) / (union + self.smooth)
+        else:
+            score = (2 * intersection + self.smooth) / (pred_area + target_area + self.smooth)
+        present = target_area > 0
+        if not present.any():  # every pixel ignored: nothing to overlap, no gradient
+            return logits.sum() * 0.0
+        return (1.0 - score)[present].mean()
+
+
+class SegmentationLoss(nn.Module):
+    """``distribution_weight × distribution(logits, target) + region_weight × region(logits, target)``.
+
+    Returns the total and its parts (detached) for logging.
+    """
+
+    def __init__(
+        self,
+        distribution: nn.Module | None,
+        region: nn.Module | None,
+        distribution_weight: float = 1.0,
+        region_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if distribution is None and region is None:
+            raise EffdetsegError("train.loss: both distribution and region are disabled; keep at least one")
+        self.distribution = distribution
+        self.region = region
+        self.distribution_weight = float(distribution_weight)
+        self.region_weight = float(region_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        parts: dict[str, torch.Tensor] = {}
+        total = logits.new_zeros((), dtype=torch.float32)
+        if self.distribution is not None and self.distribution_weight:
+            # Cross-entropy in float32 even under autocast: a float16 log-softmax loses small probabilities.
+            parts["distribution"] = self.distribution(logits.float(), target)
+            total = total + self.distribution_weight * parts["distribution"]
+        if self.region is not None and self.region_weight:
+            parts["region"] = self.region(logits, target)
+            total = total + self.region_weight * parts["region"]
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+def build_loss(loss_cfg: DictConfig | Mapping[str, Any], num_classes: int) -> SegmentationLoss:
+    """The loss from ``train.loss``: ``distribution`` and ``region`` are built with ``instantiate``.
+
+    ``distribution.weight`` may be a list of class weights (turned into a tensor); a node set to
+    null (or a weight of 0) disables that term.
+    """
+    if not isinstance(loss_cfg, DictConfig):
+        loss_cfg = OmegaConf.create(dict(loss_cfg))
+    distribution = _build_term(loss_cfg, "distribution", num_classes)
+    region = _build_term(loss_cfg, "region", num_classes)
+    return SegmentationLoss(
+        distribution,
+        region,
+        distribution_weight=float(loss_cfg.get("distribution_weight", 1.0)),
+        region_weight=float(loss_cfg.get("region_weight", 1.0)),
+    )
+
+
+def _build_term(loss_cfg: DictConfig, key: str, num_classes: int) -> nn.Module | None:
+    spec = loss_cfg.get(key)
+    if spec is None or not loss_cfg.get(f"{key}_weight", 1.0):
+        return None
+    if "_target_" not in spec:
+        raise EffdetsegError(f"train.loss.{key}: needs a _target_ (e.g. torch.nn.CrossEntropyLoss)")
+    kwargs: dict[str, Any] = {}
+    class_weights = spec.get("weight")
+    if class_weights is not None and not isinstance(class_weights, (int, float)):
+        # Class weights: a list in YAML, a tensor for torch (a buffer, so .to(device) moves it).
+        kwargs["weight"] = torch.tensor(list(class_weights), dtype=torch.float32)
+        if len(kwargs["weight"]) != num_classes:
+            raise EffdetsegError(
+                f"train.loss.{key}.weight: {len(kwargs['weight'])} class weights for {num_classes} classes"
+            )
+    try:
+        return instantiate(spec, **kwargs)
+    except Exception as e:
+        if isinstance(e.__cause__, EffdetsegError):
+            raise e.__cause__ from None
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EffdetsegError(f"train.loss.{key} ({spec.get('_target_')}): {message}") from None

@@ -1,0 +1,111 @@
+"""Pictures of a finished run: learning curves, per-class IoU bars, validation predictions.
+
+Written with matplotlib's Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: Sequence[dict], path: Path) -> None:
+    """Train loss, validation mIoU (model and EMA) and learning rate by epoch."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
+    axes[0].set(title="train loss", xlabel="epoch")
+    validated = [h for h in history if h.get("val")]
+    if validated:
+        x = [h["epoch"] for h in validated]
+        axes[1].plot(x, [_pct(h["val"]["miou"]) for h in validated], marker="o", label="model")
+        if any(h.get("val_ema") for h in validated):
+            axes[1].plot(x, [_pct(h["val_ema"]["miou"]) if h.get("val_ema") else math.nan for h in validated], marker="s", label="EMA")
+        axes[1].legend()
+    axes[1].set(title="validation mIoU (%)", xlabel="epoch")
+    axes[2].plot(epochs, [h["lr"] for h in history], marker="o")
+    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_class_iou(names: Sequence[str], iou: Sequence[float], colors: Sequence[Sequence[int]], path: Path, title: str) -> None:
+    """Horizontal bars, one per class in its label color; classes absent from the data say n/a."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    values = [0.0 if math.isnan(v) else 100 * v for v in iou]
+    ys = np.arange(len(names))
+    ax.barh(ys, values, color=[np.array(c) / 255 for c in colors], edgecolor="black", linewidth=0.5)
+    for y, v, raw in zip(ys, values, iou):
+        ax.text(v + 1, y, "n/a" if math.isnan(raw) else f"{v:.1f}", va="center", fontsize=8)
+    ax.set_yticks(ys, labels=list(names))
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 110), xlabel="IoU (%)", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def colorize(mask: np.ndarray, colors: Sequence[Sequence[int]], ignore_index: int = 255, ignore_color: Sequence[int] = (224, 224, 192)) -> np.ndarray:
+    """Class-id map (H×W) → RGB uint8 (H×W×3) with the label set's colors."""
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(colors)] = np.asarray(colors, np.uint8)
+    palette[ignore_index] = ignore_color
+    return palette[mask.astype(np.uint8)]
+
+
+def plot_prediction_grid(
+    images: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    ids: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    names: Sequence[str],
+    path: Path,
+) -> None:
+    """One row per image: image, ground truth, prediction; a legend of the classes below."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows + 0.8), squeeze=False)
+    for r, (image, target, pred, sample_id) in enumerate(zip(images, targets, predictions, ids)):
+        for c, (picture, title) in enumerate(((image, sample_id), (colorize(target, colors), "ground truth"), (colorize(pred, colors), "prediction"))):
+            axes[r, c].imshow(picture)
+            axes[r, c].set_title(title, fontsize=9)
+            axes[r, c].axis("off")
+    handles = [Patch(facecolor=np.array(c) / 255, edgecolor="black", label=n) for n, c in zip(names, colors)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (3 * rows + 0.8), 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalized 3×H×W float image back to H×W×3 uint8 (Normalize used max_pixel_value 255)."""
+    rgb = image.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
+    return np.clip(rgb * 255, 0, 255).astype(np.uint8)
+
+
+def _pct(value: float | None) -> float:
+    return math.nan if value is None else 100 * value

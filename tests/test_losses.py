@@ -1,0 +1,116 @@
+"""The training loss: cross-entropy + soft-IoU/Dice, ignore pixels, class weights, config errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from effdetseg.errors import EffdetsegError
+from effdetseg.training.losses import RegionLoss, build_loss
+
+IGNORE = 255
+
+
+def confident_logits(target: torch.Tensor, num_classes: int, margin: float = 30.0) -> torch.Tensor:
+    """Logits that put (almost) all probability on ``target`` (ignored pixels: class 0)."""
+    safe = torch.where(target == IGNORE, torch.zeros_like(target), target)
+    return F.one_hot(safe, num_classes).permute(0, 3, 1, 2).float() * margin
+
+
+@pytest.mark.parametrize("loss_type", ["iou", "dice"])
+def test_region_loss_is_zero_for_a_perfect_prediction_and_large_for_a_wrong_one(loss_type: str) -> None:
+    target = torch.randint(0, 4, (2, 16, 16))
+    loss = RegionLoss(loss_type, smooth=0.0)
+    assert loss(confident_logits(target, 4), target).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = confident_logits((target + 1) % 4, 4)
+    assert loss(wrong, target).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_soft_iou_matches_a_hand_computed_value() -> None:
+    # One image, two classes, 4 pixels; probabilities p(class 1) = [0.9, 0.6, 0.2, 0.1], truth [1, 1, 0, 0].
+    p1 = torch.tensor([0.9, 0.6, 0.2, 0.1])
+    logits = torch.stack([torch.zeros(4), torch.log(p1 / (1 - p1))]).reshape(1, 2, 2, 2)
+    target = torch.tensor([1, 1, 0, 0]).reshape(1, 2, 2)
+    # class 1: I = 1.5, pred area 1.8, target area 2 → IoU = 1.5 / 2.3
+    # class 0: p0 = [0.1, 0.4, 0.8, 0.9]; I = 1.7, pred area 2.2, target 2 → IoU = 1.7 / 2.5
+    expected = 1 - (1.5 / 2.3 + 1.7 / 2.5) / 2
+    assert RegionLoss("iou", smooth=0.0)(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    dice = 1 - (2 * 1.5 / 3.8 + 2 * 1.7 / 4.2) / 2
+    assert RegionLoss("dice", smooth=0.0)(logits, target).item() == pytest.approx(dice, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", ["iou", "dice"])
+def test_ignored_pixels_do_not_change_the_loss_or_get_gradient(loss_type: str) -> None:
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, :3] = IGNORE
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    loss_fn = build_loss(
+        OmegaConf.create(
+            {
+                "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": IGNORE},
+                "region": {"_target_": "effdetseg.training.losses.RegionLoss", "loss_type": loss_type},
+            }
+        ),
+        num_classes=3,
+    )
+    total, parts = loss_fn(logits, target)
+    total.backward()
+    assert set(parts) == {"distribution", "region"}
+    assert logits.grad[:, :, :3].abs().max().item() == 0.0
+    assert logits.grad[:, :, 3:].abs().max().item() > 0.0
+    # Changing the logits at ignored pixels changes nothing.
+    other = logits.detach().clone()
+    other[:, :, :3] = torch.randn_like(other[:, :, :3]) * 10
+    assert loss_fn(other, target)[0].item() == pytest.approx(total.item(), rel=1e-6)
+
+
+def test_all_ignored_gives_zero_region_loss_not_nan() -> None:
+    target = torch.full((1, 4, 4), IGNORE)
+    loss = RegionLoss("iou")(torch.randn(1, 3, 4, 4), target)
+    assert loss.item() == 0.0 and not math.isnan(loss.item())
+
+
+def test_weights_combine_terms_and_class_weights_are_used() -> None:
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    base = {
+        "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": IGNORE, "weight": None},
+        "distribution_weight": 0.5,
+        "region": {"_target_": "effdetseg.training.losses.RegionLoss", "loss_type": "dice"},
+        "region_weight": 2.0,
+    }
+    total, parts = build_loss(OmegaConf.create(base), 3)(logits, target)
+    ce = F.cross_entropy(logits, target)
+    assert parts["distribution"].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert total.item() == pytest.approx(0.5 * ce.item() + 2.0 * parts["region"].item(), rel=1e-6)
+
+    weighted = dict(base, distribution=dict(base["distribution"], weight=[1.0, 5.0, 0.5]))
+    _, parts_w = build_loss(OmegaConf.create(weighted), 3)(logits, target)
+    expected = F.cross_entropy(logits, target, weight=torch.tensor([1.0, 5.0, 0.5]))
+    assert parts_w["distribution"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+    no_region = dict(base, region=None)
+    total_ce, parts_ce = build_loss(OmegaConf.create(no_region), 3)(logits, target)
+    assert set(parts_ce) == {"distribution"} and total_ce.item() == pytest.approx(0.5 * ce.item(), rel=1e-6)
+
+
+def test_label_smoothing_reaches_cross_entropy() -> None:
+    logits, target = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4))
+    cfg = {"distribution": {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.2}, "region": None}
+    _, parts = build_loss(OmegaConf.create(cfg), 3)(logits, target)
+    assert parts["distribution"].item() == pytest.approx(F.cross_entropy(logits, target, label_smoothing=0.2).item(), rel=1e-6)
+
+
+def test_config_errors_name_the_key() -> None:
+    region = {"_target_": "effdetseg.training.losses.RegionLoss", "loss_type": "lovasz"}
+    with pytest.raises(EffdetsegError, match=r"train\.loss\.region\.loss_type"):
+        build_loss(OmegaConf.create({"distribution": None, "region": region}), 3)
+    ce = {"_target_": "torch.nn.CrossEntropyLoss", "weight": [1.0, 2.0]}
+    with pytest.raises(EffdetsegError, match=r"train\.loss\.distribution\.weight: 2 class weights for 3 classes"):
+        build_loss(OmegaConf.create({"distribution": ce, "region": None}), 3)
+    with pytest.raises(EffdetsegError, match="both distribution and region are disabled"):
+        build_loss(OmegaConf.create({"distribution": None, "region": None}), 3)

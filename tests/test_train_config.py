@@ -1,0 +1,139 @@
+"""The train config tree: original keys, overrides, errors, schedulers, experiment directories."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from effdetseg.cli import main as cli_main
+from effdetseg.errors import EffdetsegError
+from effdetseg.training.builders import build_model, build_optimizer, build_scheduler
+from effdetseg.training.config import apply_overrides, compose_config, train_config
+from effdetseg.training.experiment import create_experiment_dir
+from effdetseg.training.schedulers import WarmupCosineLR, WarmupPolyLR, stepped_per_iteration
+
+
+def test_default_config_has_the_original_keys() -> None:
+    cfg = compose_config([])
+    assert cfg.train.model.name == "efficientdet_d0_seg"
+    assert cfg.train.model.backbone_pretrained is False
+    assert cfg.train.model.num_classes == cfg.data.num_classes  # ${data.num_classes}
+    assert cfg.data.name == "synthetic"
+    for key in (
+        "experiment_name", "train.amp", "train.num_epochs", "train.model.weights", "train.model.optimizer_state",
+        "train.optimizer._target_", "train.optimizer.lr", "train.optimizer.weight_decay", "train.scheduler._target_",
+        "train.loss.accumulation_iter", "train.loss.distribution._target_", "train.loss.distribution.ignore_index",
+        "train.loss.region._target_", "train.loss.region.loss_type", "validation.epoch_step",
+        "data.preprocessing.resize_height", "data.preprocessing.resize_width", "data.preprocessing.resize_mask_height",
+        "data.preprocessing.resize_mask_width", "data.batch_size",
+    ):
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+    assert cfg.train.loss.distribution.ignore_index == 255
+
+
+def test_the_issue_overrides_compose_and_build() -> None:
+    cfg, resume = train_config(
+        [
+            "train.optimizer._target_=torch.optim.AdamW", "train.optimizer.lr=7e-5",
+            "train.scheduler._target_=torch.optim.lr_scheduler.ExponentialLR", "train.scheduler.gamma=0.975",
+            "train.loss.region.loss_type=dice", "train.loss.accumulation_iter=2", "validation.epoch_step=2",
+            "data.preprocessing.resize_height=96", "data.batch_size=4",
+        ]
+    )
+    assert resume is None
+    # Changing the scheduler's _target_ drops the default's keys ExponentialLR does not take.
+    assert dict(cfg.train.scheduler) == {"_target_": "torch.optim.lr_scheduler.ExponentialLR", "gamma": 0.975}
+    assert cfg.train.loss.region.loss_type == "dice" and cfg.train.loss.accumulation_iter == 2
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    optimizer = build_optimizer(cfg.train.optimizer, model)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["lr"] == pytest.approx(7e-5)
+    # Weight decay on the conv weight only, not on biases and norm parameters.
+    decays = sorted((g["weight_decay"], len(g["params"])) for g in optimizer.param_groups)
+    assert decays == [(0.0, 3), (cfg.train.optimizer.weight_decay, 1)]
+    scheduler, per_step = build_scheduler(cfg.train.scheduler, optimizer, epochs=10, steps_per_epoch=5)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR) and scheduler.gamma == 0.975
+    assert per_step is False  # the original's scheduler steps once per epoch
+
+    sgd = compose_config(["train.optimizer._target_=torch.optim.SGD", "train.optimizer.momentum=0.9"])
+    assert build_optimizer(sgd.train.optimizer, model).defaults["momentum"] == 0.9
+
+
+def test_unknown_keys_fail_with_one_line_naming_the_key(capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["train", "train.optimzer.lr=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "effdetseg train: error: unknown key 'train.optimzer.lr' (to add a key the config does not have, write +train.optimzer.lr=VALUE)"
+    assert cli_main(["train", "data=nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("effdetseg train: error: data=nope: no such data preset; choose from") and "synthetic" in err
+    assert "\n" not in err
+    # Inside a _target_ node, the constructor is the judge: a misspelt argument fails when it is built.
+    cfg = compose_config(["train.scheduler.pwoer=2"])
+    with pytest.raises(EffdetsegError, match=r"train\.scheduler .*pwoer"):
+        build_scheduler(cfg.train.scheduler, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1), 2, 2)
+
+
+def test_type_and_consistency_checks() -> None:
+    with pytest.raises(EffdetsegError, match="train.num_epochs must be a positive integer"):
+        train_config(["train.num_epochs=0"])
+    with pytest.raises(EffdetsegError, match=r"train.model.num_classes \(3\) differs from data.num_classes"):
+        train_config(["train.model.num_classes=3"])
+    with pytest.raises(EffdetsegError, match="train.model.name: 'efficientnet_b0' is not a segmentation model"):
+        build_model(compose_config(["train.model.name=efficientnet_b0"]).train.model)
+    with pytest.raises(EffdetsegError, match="train.model.backbone_pretrained: /nonexistent.pth is not a file"):
+        build_model(compose_config(["train.model.backbone_pretrained=/nonexistent.pth"]).train.model)
+
+
+def test_backbone_and_architecture_overrides_reach_the_model() -> None:
+    cfg = compose_config(
+        ["train.model.backbone=mobilenetv3_large_100", "+train.model.overrides.bifpn_channels=24", "+train.model.overrides.head_channels=16"]
+    )
+    model = build_model(cfg.train.model)
+    assert model.model_config["backbone"] == "mobilenetv3_large_100"
+    assert model.model_config["bifpn_channels"] == 24 and model.num_classes == cfg.data.num_classes
+    with pytest.raises(EffdetsegError, match="train.model:.*unknown override"):
+        build_model(compose_config(["+train.model.overrides.bifpn_chanels=24"]).train.model)
+
+
+def test_apply_overrides_on_a_loaded_config() -> None:
+    cfg = compose_config([])
+    apply_overrides(cfg, ["train.num_epochs=40", "train.scheduler.power=2.0"], where="config.yaml")
+    assert cfg.train.num_epochs == 40 and cfg.train.scheduler.power == 2.0
+    with pytest.raises(EffdetsegError, match="unknown key 'train.nope' in config.yaml"):
+        apply_overrides(cfg, ["train.nope=1"], where="config.yaml")
+    with pytest.raises(EffdetsegError, match="config groups cannot change"):
+        apply_overrides(cfg, ["data=voc"], where="config.yaml")
+
+
+def test_warmup_poly_and_cosine_schedules() -> None:
+    def lrs(scheduler_cls, **kw):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched = scheduler_cls(opt, epochs=4, steps_per_epoch=10, warmup_epochs=1, warmup_factor=0.1, **kw)
+        values = []
+        for _ in range(40):
+            values.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return values
+
+    poly = lrs(WarmupPolyLR, power=1.0)
+    assert poly[0] == pytest.approx(0.1) and poly[5] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert poly[10] == pytest.approx(1.0) and poly[25] == pytest.approx(0.5)  # linear decay over 30 steps
+    assert all(a >= b for a, b in zip(poly[10:], poly[11:]))
+    cosine = lrs(WarmupCosineLR, min_lr_ratio=0.0)
+    assert cosine[10] == pytest.approx(1.0) and cosine[25] == pytest.approx(0.5)
+    assert cosine[39] == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    assert stepped_per_iteration(WarmupPolyLR) and stepped_per_iteration(torch.optim.lr_scheduler.OneCycleLR)
+    assert not stepped_per_iteration(torch.optim.lr_scheduler.ExponentialLR)
+
+
+def test_experiments_are_never_overwritten(tmp_path) -> None:
+    cfg = compose_config([f"experiments_dir={tmp_path}", "experiment_name=run1"])
+    path = create_experiment_dir(cfg)
+    assert path == tmp_path / "run1" and path.is_dir()
+    with pytest.raises(EffdetsegError, match=r"run1 already exists; .*resume="):
+        create_experiment_dir(cfg)
+    unnamed = compose_config([f"experiments_dir={tmp_path}"])
+    first, second = create_experiment_dir(unnamed), create_experiment_dir(unnamed)
+    assert first != second and first.name.startswith("efficientdet_d0_seg_synthetic_")
