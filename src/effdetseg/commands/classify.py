@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import timm
@@ -11,18 +10,14 @@ from PIL import Image
 
 from ..checkpoint import read_model_config
 from ..data.image_io import read_image
+from ..data.labels import read_labels_json
 from ..errors import EffdetsegError
 from ..models import create_model
 
 
 def read_class_names(path: Path) -> list[str]:
     """Class names from JSON: a list, ``{"0": "name"}`` or the original's ``{"0": {"class": "name", …}}``."""
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EffdetsegError(f"{path}: labels file not found") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise EffdetsegError(f"{path}: not a readable labels JSON ({e})") from None
+    raw = read_labels_json(path)
     if isinstance(raw, list):
         return [str(x) for x in raw]
     if isinstance(raw, dict):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import EffdetsegError
 
@@ -32,12 +33,7 @@ class LabelSet:
     @classmethod
     def from_json(cls, path: str | Path) -> LabelSet:
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise EffdetsegError(f"{path}: labels file not found") from None
-        except (OSError, json.JSONDecodeError) as e:
-            raise EffdetsegError(f"{path}: not a readable labels JSON ({e})") from None
+        raw = read_labels_json(path)
         if not isinstance(raw, dict) or not raw:
             raise EffdetsegError(f'{path}: expected {{"0": {{"class": NAME, "color": [R, G, B]}}, …}}')
         try:
@@ -74,6 +70,16 @@ class LabelSet:
     def generic(cls, num_classes: int) -> LabelSet:
         """Names ``class_0`` … and the VOC color map, for data without a labels file."""
         return cls(tuple(f"class_{i}" for i in range(num_classes)), tuple(voc_colormap(num_classes)))
+
+
+def read_labels_json(path: Path) -> Any:
+    """Parse a labels JSON; a missing or malformed file is one error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EffdetsegError(f"{path}: labels file not found") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise EffdetsegError(f"{path}: not a readable labels JSON ({e})") from None
 
 
 def voc_colormap(n: int) -> list[tuple[int, int, int]]:
