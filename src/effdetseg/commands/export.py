@@ -8,12 +8,12 @@ fraction of pixels whose argmax agrees. The command fails (exit 1) unless every 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 from ..errors import EffdetsegError
+from .outputs import ensure_output_folder
 
 DEFAULT_PARITY_IMAGE = Path("../shared/data/voc2012_sample/JPEGImages/2007_000033.jpg")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -64,16 +64,6 @@ def _output_path(args: argparse.Namespace, source: Path, fmt: str) -> Path:
     return source.with_name(name + SUFFIXES[fmt])
 
 
-def _check_writable(path: Path) -> None:
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EffdetsegError(f"{path}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise EffdetsegError(f"{path}: output folder {parent} is not writable")
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..data.image_io import read_image
@@ -87,7 +77,7 @@ def main(argv: list[str]) -> int:
         raise EffdetsegError(f"{args.output}: is a folder; --output must be a file name")
     fmt = args.format or _format_from_suffix(args.output)
     output = _output_path(args, source, fmt)
-    _check_writable(output)
+    ensure_output_folder(output.parent)
     image_path = Path(args.image) if args.image else DEFAULT_PARITY_IMAGE
     if not image_path.is_file():
         raise EffdetsegError(f"{image_path}: parity image not found; pass a real image with --image")

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..data.image_io import IMAGE_EXTENSIONS
 from ..data.labels import LabelSet
 from ..errors import EffdetsegError
+from .outputs import ensure_output_folder
 
 
 @dataclass(frozen=True)
@@ -103,12 +104,7 @@ def plan_outputs(images: list[Path], output: Path) -> list[OutputPaths]:
 def check_writable(plans: list[OutputPaths]) -> None:
     """Fail before any work when an output folder cannot be created or written."""
     for folder in sorted({p.mask.parent for p in plans}):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EffdetsegError(f"{folder}: cannot create output folder ({e.strerror})") from None
-        if not os.access(folder, os.W_OK):
-            raise EffdetsegError(f"{folder}: output folder is not writable")
+        ensure_output_folder(folder)
     for plan in plans:
         for path in (plan.mask, plan.overlay, plan.labels):
             if path.is_dir() or (path.exists() and not os.access(path, os.W_OK)):
