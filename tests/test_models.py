@@ -6,7 +6,7 @@ import torch
 
 import effdetseg
 from effdetseg.complexity import model_complexity
-from effdetseg.layers import FastNormalizedFusion
+from effdetseg.layers import ConvBn, FastNormalizedFusion
 from effdetseg.models.bifpn import FpnLayer, fpn_topology
 
 # One small member per architecture family (the zoo's families differ in structure, not in code paths).
@@ -84,7 +84,7 @@ def test_bifpn_topology_is_generated_from_the_level_range() -> None:
 
 def test_fpn_layer_projects_backbone_edges_in_the_first_layer_only() -> None:
     layer = FpnLayer(fpn_topology(2, 4), [8, 16, 8], channels=8, project_levels=(2, 3, 4))
-    projected = [hasattr(edge, "project") for node in layer.nodes for edge in node.edges]
+    projected = [isinstance(edge.project, ConvBn) for node in layer.nodes for edge in node.edges]
     inputs = [i < 3 for node in layer.topology.nodes for i in node.inputs]
     assert projected == inputs  # every edge reading a backbone map has its own 1×1 conv + BN
 
@@ -174,3 +174,12 @@ def test_upsampler_starts_as_bilinear_and_stays_narrow() -> None:
     # Nothing wider than the class count runs above stride 4.
     assert [m.in_channels for m in model.upsample] == [21, 21]
     assert all(m.groups == 21 for m in model.upsample)
+
+
+@pytest.mark.parametrize("name", ["efficientdet_d0_seg", "efficientdet_d0_seg_p2"])
+def test_torchscript_scripting_matches_eager(name: str) -> None:
+    model = build(name).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, 3, 100, 150)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-5)

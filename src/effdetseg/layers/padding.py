@@ -6,11 +6,16 @@ import torch.nn.functional as F
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor:
-    """Pad bottom and right so both spatial sizes are multiples of ``multiple``."""
+    """Pad bottom and right so both spatial sizes are multiples of ``multiple``.
+
+    The padded size is written as ``multiple × ⌈size / multiple⌉`` (not ``size + (−size mod
+    multiple)``): the same number, but a form whose halvings torch.export can simplify, so an
+    exported program stays valid for every input size.
+    """
     h, w = x.shape[-2:]
-    pad_h = (multiple - h % multiple) % multiple
-    pad_w = (multiple - w % multiple) % multiple
-    return F.pad(x, (0, pad_w, 0, pad_h), value=value)
+    padded_h = (h + multiple - 1) // multiple * multiple
+    padded_w = (w + multiple - 1) // multiple * multiple
+    return F.pad(x, (0, padded_w - w, 0, padded_h - h), value=value)
 
 
 def crop_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

