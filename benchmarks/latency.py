@@ -20,7 +20,7 @@ import torch
 
 import effdetseg
 
-PAIRS = [("efficientdet_d0_seg", "timm-efficientnet-b0"), ("efficientdet_d4_seg", "timm-efficientnet-b4")]
+PAIRS = [("efficientdet_d0_seg", "tu-efficientnet_b0"), ("efficientdet_d4_seg", "tu-efficientnet_b4")]
 
 
 def timed(model: torch.nn.Module, x: torch.Tensor) -> float:

@@ -285,6 +285,7 @@ def run(spec: RunSpec) -> dict:
         "peak_mb": train_peak_mb,
         "eval_s": eval_s,
         "final_loss": float(np.mean(losses[-20:])) if losses else math.nan,
+        "loss_curve": [float(np.mean(losses[i : i + 25])) for i in range(0, len(losses), 25)],
         "miou": float(np.nanmean(iou)),
         "iou": dict(zip(CLASSES, map(float, iou))),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..layers import SeparableConvBnAct, crop_to, pad_to_multiple
@@ -28,6 +29,7 @@ class EfficientDetSegConfig:
     head_channels: int
     head_layers: int
     extra_top_down: bool = True
+    upsampler: str = "transposed"  # "transposed": learned per-class transposed convs; "bilinear": fixed
     min_level: int = 2
     max_level: int = 7
 
@@ -93,6 +95,17 @@ def _bilinear_kernel(size: int) -> torch.Tensor:
     return ramp[:, None] * ramp[None, :]
 
 
+class BilinearUpsampler(nn.Module):
+    """Fixed bilinear upsampling of the class logits by ``stride`` (no parameters)."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=float(self.stride), mode="bilinear", align_corners=False)
+
+
 class EfficientDetSeg(nn.Module):
     """EfficientNet → BiFPN P2–P7 → (extra top-down pathway) → head on P2 → transposed convs."""
 
@@ -127,7 +140,13 @@ class EfficientDetSeg(nn.Module):
             else None
         )
         self.head = SegmentationHead(config.bifpn_channels, config.head_channels, config.head_layers, num_classes)
-        self.upsample = TransposedConvUpsampler(num_classes, stride=2**config.min_level)
+        stride = 2**config.min_level
+        if config.upsampler == "transposed":
+            self.upsample: nn.Module = TransposedConvUpsampler(num_classes, stride)
+        elif config.upsampler == "bilinear":
+            self.upsample = BilinearUpsampler(stride)
+        else:
+            raise ValueError(f"upsampler must be 'transposed' or 'bilinear', got {config.upsampler!r}")
         self.input_multiple = 2**config.max_level  # the stride of the coarsest level
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
