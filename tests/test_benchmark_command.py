@@ -10,8 +10,8 @@ import torch
 
 from effdetseg import create_model
 from effdetseg.cli import main as cli
-from effdetseg.commands.benchmark import cpu_peak_bytes, parse_resolution
-from effdetseg.complexity import count_parameters, model_complexity
+from effdetseg.deploy.benchmark import cpu_peak_bytes, parse_resolution
+from effdetseg.deploy.complexity import count_parameters, model_complexity
 
 
 def test_benchmark_with_compare_writes_table_and_json(tmp_path: Path, capsys) -> None:

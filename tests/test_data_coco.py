@@ -11,7 +11,7 @@ import pytest
 from effdetseg.data import build_dataset, read_mask
 from effdetseg.data.coco import COCO_IDS_IN_VOC_ORDER, load_coco, prepare_coco_voc, rasterize
 from effdetseg.data.config import compose_config
-from effdetseg.data.labels import LabelSet
+from effdetseg.io.labels import LabelSet
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COCO = SHARED / "coco_val2017_sample"

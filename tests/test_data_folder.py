@@ -11,7 +11,7 @@ from PIL import Image
 
 from effdetseg.data import build_dataset, build_label_set
 from effdetseg.data.config import compose_config
-from effdetseg.data.labels import voc_colormap
+from effdetseg.io.labels import voc_colormap
 from effdetseg.errors import EffdetsegError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-import effdetseg.export
+import effdetseg.deploy.export
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_mask
-from effdetseg.export import fold_batchnorm
-from effdetseg.predictor import METADATA_KEY, Predictor
+from effdetseg.deploy.export import fold_batchnorm
+from effdetseg.deploy.predictor import METADATA_KEY, Predictor
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGE = DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
@@ -149,7 +149,7 @@ def test_torchscript_export(tiny_checkpoint: Path, tmp_path: Path, capsys) -> No
 def test_parity_failure_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """A graph that disagrees with PyTorch must fail the command: the exported classifier's outputs
     are rotated by one class, so every pixel's argmax moves to the next class."""
-    real_fold = effdetseg.export.fold_batchnorm
+    real_fold = effdetseg.deploy.export.fold_batchnorm
 
     def broken_fold(model: nn.Module):
         folded, report = real_fold(model)
@@ -159,7 +159,7 @@ def test_parity_failure_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path, mon
             classifier.bias.copy_(classifier.bias.roll(1, dims=0))
         return folded, report
 
-    monkeypatch.setattr(effdetseg.export, "fold_batchnorm", broken_fold)
+    monkeypatch.setattr(effdetseg.deploy.export, "fold_batchnorm", broken_fold)
     output = tmp_path / "broken.onnx"
     assert cli(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(output), "--image", str(IMAGE),
                 "--resolution", "64"]) == 1

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import effdetseg
-from effdetseg.complexity import model_complexity
+from effdetseg.deploy.complexity import model_complexity
 from effdetseg.layers import FastNormalizedFusion
 from effdetseg.models.bifpn import FpnLayer, fpn_topology
 

@@ -14,7 +14,7 @@ from PIL import Image
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import LabelSet, read_mask
-from effdetseg.visualize import (
+from effdetseg.deploy.visualize import (
     blend,
     color_mask,
     label_image,

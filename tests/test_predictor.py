@@ -11,7 +11,7 @@ from torch import nn
 
 from effdetseg import create_model, save_model
 from effdetseg.errors import EffdetsegError
-from effdetseg.predictor import IMAGENET_MEAN, Predictor, Preprocessing, detect_backend, preprocess
+from effdetseg.deploy.predictor import IMAGENET_MEAN, Predictor, Preprocessing, detect_backend, preprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOC_IMAGE = DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"

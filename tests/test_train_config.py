@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 
 from effdetseg.cli import main as cli_main
 from effdetseg.errors import EffdetsegError
-from effdetseg.training.builders import build_model, build_optimizer, build_scheduler
-from effdetseg.training.config import apply_overrides, compose_config, train_config
-from effdetseg.training.experiment import create_experiment_dir
-from effdetseg.training.schedulers import WarmupCosineLR, WarmupPolyLR, stepped_per_iteration
+from effdetseg.engine.builders import build_model, build_optimizer, build_scheduler
+from effdetseg.configs.compose import apply_overrides, compose_config, train_config
+from effdetseg.engine.experiment import create_experiment_dir
+from effdetseg.engine.schedulers import WarmupCosineLR, WarmupPolyLR, stepped_per_iteration
 
 
 def test_default_config_has_the_original_keys() -> None:

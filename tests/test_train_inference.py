@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effdetseg import create_model
-from effdetseg.inference import _window_starts, predict_logits
+from effdetseg.deploy.inference import _window_starts, predict_logits
 
 
 def pointwise_model(classes: int = 3) -> nn.Module:

@@ -8,7 +8,7 @@ import timm
 import torch
 
 import effdetseg
-from effdetseg.checkpoint import load_model, read_model_config, save_model
+from effdetseg.io.record import load_model, read_model_config, save_model
 from effdetseg.cli import main as cli
 from effdetseg.errors import EffdetsegError
 from effdetseg.models.weights import WeightsError, convert_lukemelas_to_timm, read_state_dict

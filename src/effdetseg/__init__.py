@@ -1,7 +1,7 @@
 """effdetseg: semantic segmentation with EfficientDet (EfficientNet + BiFPN over P2–P7)."""
-from .checkpoint import load_model, save_model
+from .io.record import load_model, save_model
 from .models import create_model, list_models
-from .predictor import Predictor
+from .deploy.predictor import Predictor
 
 __version__ = "0.1.0"
 

@@ -8,9 +8,9 @@ import timm
 import torch
 from PIL import Image
 
-from ..checkpoint import read_model_config
+from ..io.record import read_model_config
 from ..data.image_io import read_image
-from ..data.labels import read_labels_json
+from ..io.labels import read_labels_json
 from ..errors import EffdetsegError
 from ..models import create_model
 
@@ -31,7 +31,7 @@ def read_class_names(path: Path) -> list[str]:
 
 def build_classifier(name: str, num_classes: int, weights: Path | None) -> torch.nn.Module:
     if weights is not None and read_model_config(weights) is not None:
-        from ..checkpoint import load_model
+        from ..io.record import load_model
 
         return load_model(weights)
     return create_model(name, num_classes=num_classes, pretrained=weights if weights is not None else False)

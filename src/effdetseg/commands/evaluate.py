@@ -75,7 +75,7 @@ def data_config(checkpoint: Path, overrides: list[str]):
     """The ``data`` node to evaluate on (see the module doc)."""
     from omegaconf import OmegaConf
 
-    from ..training.config import apply_overrides, compose_config, load_config
+    from ..configs.compose import apply_overrides, compose_config, load_config
 
     keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
     stray = [k for k in keys if k != "data" and not k.startswith("data.")]
@@ -106,11 +106,11 @@ def main(argv: list[str]) -> int:
     import torch
     from omegaconf import open_dict
 
-    from ..checkpoint import load_model
+    from ..io.record import load_model
     from ..data import build_dataset, build_label_set
-    from ..training.distributed import cleanup_distributed, init_distributed
-    from ..training.evaluation import evaluate
-    from ..training.loaders import val_loader
+    from ..engine.distributed import cleanup_distributed, init_distributed
+    from ..engine.evaluate import evaluate
+    from ..engine.loaders import val_loader
 
     data_cfg, data_source = data_config(checkpoint, overrides)
     if args.batch_size is not None:

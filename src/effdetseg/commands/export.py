@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import EffdetsegError
-from .outputs import ensure_output_folder
+from ..io.files import ensure_output_folder
 
 DEFAULT_PARITY_IMAGE = Path("../shared/data/voc2012_sample/JPEGImages/2007_000033.jpg")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -67,8 +67,8 @@ def _output_path(args: argparse.Namespace, source: Path, fmt: str) -> Path:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..data.image_io import read_image
-    from ..export import export_metadata, export_onnx, export_torchscript, fold_batchnorm, parity_check
-    from ..predictor import Predictor
+    from ..deploy.export import export_metadata, export_onnx, export_torchscript, fold_batchnorm, parity_check
+    from ..deploy.predictor import Predictor
 
     if bool(args.checkpoint) == bool(args.weights):
         raise EffdetsegError("give exactly one of --checkpoint PATH or --weights PATH (with --model and --num_classes)")

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.image_io import IMAGE_EXTENSIONS
-from ..data.labels import LabelSet
+from ..io.labels import LabelSet
 from ..errors import EffdetsegError
-from .outputs import ensure_output_folder
+from ..io.files import ensure_output_folder
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,8 @@ def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
     from ..data.image_io import read_image
-    from ..predictor import Predictor
-    from ..visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
+    from ..deploy.predictor import Predictor
+    from ..deploy.visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
 
     images = find_images(args.data)
     plans = plan_outputs(images, Path(args.output))

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         return 0
     from omegaconf import OmegaConf
 
-    from ..training.config import train_config
+    from ..configs.compose import train_config
 
     show_config = "--cfg" in argv
     overrides = [a for a in argv if a != "--cfg"]
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     if show_config:
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
-    from ..training.run import run_training
+    from ..engine.run import run_training
 
     run_training(cfg, resume_dir)
     sys.stdout.flush()

@@ -6,7 +6,7 @@ The contract other packages use: ``build_dataset(data_cfg, split)``, ``collate_p
 from .build import build_dataset, build_label_set
 from .datasets import collate_pad
 from .image_io import IMAGE_EXTENSIONS, read_image, read_mask
-from .labels import IGNORE_INDEX, LabelSet
+from ..io.labels import IGNORE_INDEX, LabelSet
 
 __all__ = [
     "build_dataset",

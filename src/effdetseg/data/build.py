@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from ..errors import EffdetsegError
-from .labels import IGNORE_INDEX, LabelSet, voc_colormap
+from ..io.labels import IGNORE_INDEX, LabelSet, voc_colormap
 
 SPLITS = ("train", "val")
 

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import EffdetsegError
 from .build import build_dataset, build_label_set, data_format
-from .labels import IGNORE_INDEX
+from ..io.labels import IGNORE_INDEX
 
 # Formats whose listing can report missing files without stopping at the first one.
 _OPEN_SPLIT = {

@@ -19,13 +19,13 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import atomic_write
+from ..io.files import atomic_write
 from ..errors import EffdetsegError
 from .build import num_classes_of, root_dir
 from .datasets import Sample, SegmentationFiles
 from .files import resolve, split_config
 from .image_io import read_image
-from .labels import IGNORE_INDEX
+from ..io.labels import IGNORE_INDEX
 from .transforms import SegmentationTransform, build_transform
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..errors import EffdetsegError
 from .image_io import read_image, read_mask
-from .labels import IGNORE_INDEX
+from ..io.labels import IGNORE_INDEX
 from .transforms import SegmentationTransform
 
 MaskReader = Callable[[Path], np.ndarray]

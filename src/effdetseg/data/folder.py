@@ -13,7 +13,7 @@ from .build import build_label_set, num_classes_of, root_dir
 from .datasets import Sample, SegmentationFiles
 from .files import find_pairs, raise_problems, split_by_fraction, split_config
 from .image_io import read_image, read_mask
-from .labels import IGNORE_INDEX, LabelSet
+from ..io.labels import IGNORE_INDEX, LabelSet
 from .transforms import build_transform, to_container
 
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_write
+from ..io.files import atomic_write
 from ..errors import EffdetsegError
 from .build import num_classes_of, root_dir
 from .datasets import Sample, SegmentationFiles, invalid_labels

@@ -28,7 +28,7 @@ from ..data import build_dataset, build_label_set
 from ..errors import EffdetsegError
 from . import experiment as exp
 from .builders import build_model, build_optimizer, build_scheduler, steps_per_epoch
-from .checkpointing import (
+from .checkpoints import (
     BEST,
     LAST,
     checkpoint_metadata,
@@ -40,7 +40,7 @@ from .checkpointing import (
     set_rng_state,
 )
 from .distributed import DistributedContext, all_reduce_mean, broadcast_buffers
-from .evaluation import evaluate
+from .evaluate import evaluate
 from .loaders import TrainLoader, val_loader
 from .losses import build_loss
 from .metrics import SegmentationMetrics

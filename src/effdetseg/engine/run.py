@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from ..errors import EffdetsegError
 from . import experiment as exp
 from .distributed import broadcast_object, cleanup_distributed, init_distributed
-from .engine import Trainer, TrainResult
+from .trainer import Trainer, TrainResult
 
 
 def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> TrainResult | None:

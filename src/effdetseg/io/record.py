@@ -9,8 +9,6 @@ Both are written to a temporary file and renamed, so a crash never leaves half a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,34 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import EffdetsegError
-from .models import create_model
-from .models.weights import read_state_dict
+from ..errors import EffdetsegError
+from .files import atomic_write
+from ..models import create_model
+from ..models.weights import read_state_dict
 
 CONFIG_KEY = "effdetseg_model_config"
-
-
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, then rename onto ``path`` (atomic on one filesystem)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:

@@ -244,7 +244,7 @@ def train_config(overrides: Sequence[str]) -> tuple[DictConfig, Path | None]:
     With ``resume=experiments/NAME`` the experiment's own config.yaml is the base (its data and
     model are fixed); the other overrides apply on top, e.g. ``train.num_epochs=40`` to go on longer.
     """
-    from .experiment import CONFIG, resolve_resume_dir
+    from ..engine.experiment import CONFIG, resolve_resume_dir
 
     resume_value = None
     others = []

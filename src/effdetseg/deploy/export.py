@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .checkpoint import atomic_write
-from .data.labels import LabelSet
-from .errors import EffdetsegError
+from ..io.files import atomic_write
+from ..io.labels import LabelSet
+from ..errors import EffdetsegError
 from .predictor import METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, Predictor, Preprocessing, labels_to_json, preprocess
 
 ONNX_EXPORTERS = ("dynamo", "legacy")

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from ..checkpoint import load_weights
+from ..io.record import load_weights
 from ..errors import EffdetsegError
 from ..models import create_model, is_model, model_family
 from .schedulers import stepped_per_iteration

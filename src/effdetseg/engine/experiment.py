@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import atomic_write
+from ..io.files import atomic_write
 from ..errors import EffdetsegError
 
 CONFIG = "config.yaml"

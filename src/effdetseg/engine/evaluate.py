@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..inference import SlideSpec, predict_logits
+from ..deploy.inference import SlideSpec, predict_logits
 from .metrics import ConfusionMatrix
 
 

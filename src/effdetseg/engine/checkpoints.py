@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import model_config, torch_save_atomic
+from ..io.record import model_config, torch_save_atomic
 from ..errors import EffdetsegError
 
 LAST = "last.pth"

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .checkpoint import load_model, load_weights, read_model_config
-from .data.image_io import read_image
-from .data.labels import LabelSet
-from .errors import EffdetsegError
-from .models import create_model, model_family
+from ..io.record import load_model, load_weights, read_model_config
+from ..data.image_io import read_image
+from ..io.labels import LabelSet
+from ..errors import EffdetsegError
+from ..models import create_model, model_family
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
