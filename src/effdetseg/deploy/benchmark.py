@@ -1,11 +1,13 @@
-"""``effdetseg benchmark``: params, GMACs, latency (median, p90), images/s and peak memory of zoo models.
+"""Benchmark: params, GMACs, latency (median, p90), images/s and peak memory of zoo models.
 
 All models are built first and then timed in alternation, one forward pass each per round (the
 order rotates every round), so a machine that gets slower or faster during the run affects every
 model alike and the ratios between them hold. Every model and input uses the same memory layout,
-channels-last by default (as ``effdetseg predict`` runs; ``--memory-format contiguous`` for NCHW). ``--compare`` adds segmentation_models_pytorch's FPN,
-UNet and DeepLabV3+ on the matching EfficientNet encoder (``timm-efficientnet-bN``; smp's ``tu-``
-timm encoder for other backbones), random weights.
+channels-last by default (as ``effdetseg predict`` runs; ``--memory-format contiguous`` for NCHW).
+The zoo models run as ``predict`` runs them, prepared by ``prepare_for_inference`` (BatchNorm
+folded); ``--compare`` adds segmentation_models_pytorch's FPN, UNet and DeepLabV3+ on the matching
+EfficientNet encoder (``timm-efficientnet-bN``; smp's ``tu-`` timm encoder for other backbones),
+random weights, in eval mode (run as their users run them).
 
 Memory, per model, measured in its own forward pass after warm-up:
 - ``weights MiB``: parameters and buffers;
@@ -18,10 +20,8 @@ Memory, per model, measured in its own forward pass after warm-up:
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
-import json
 import platform
 import re
 import resource
@@ -29,8 +29,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,16 +38,17 @@ from ..errors import EffdetsegError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SMP_ARCHITECTURES = ("FPN", "Unet", "DeepLabV3Plus")
-SEGMENTATION_FAMILIES = ("efficientdet_seg", "efficientdet_seg_p2", "unet")
 
 
 @dataclass
 class Candidate:
-    """A model to time: how to build it (on a device, or on meta for counting MACs)."""
+    """A model to time: how to build it (on a device, or on meta for counting MACs), and whether
+    it runs prepared for inference (the zoo's models, as predict runs them)."""
 
     label: str
     build: Callable[[], nn.Module]
     backbone: str | None = None
+    prepare: bool = False
 
 
 @dataclass
@@ -65,48 +65,8 @@ class Result:
     relative_latency: float = 1.0  # median / the first model's median
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="effdetseg benchmark",
-        description="Params, GMACs, latency (median and p90 after warm-up), images/s and peak memory; "
-        "models run alternately in one process.",
-    )
-    parser.add_argument(
-        "--model",
-        default="efficientdet_d0_seg",
-        help="a zoo model, a comma-separated list, or 'all' (every segmentation model) (default: efficientdet_d0_seg)",
-    )
-    parser.add_argument("--resolution", default="512", help="input size: 512 or HEIGHTxWIDTH (default: 512)")
-    parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default: 1)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and input dtype (default: fp32)")
-    parser.add_argument("--num_classes", type=int, default=21, help="output classes (default: 21)")
-    parser.add_argument("--iters", type=int, default=20, help="timed forward passes per model (default: 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed forward passes per model first (default: 3)")
-    parser.add_argument(
-        "--memory-format",
-        choices=("channels_last", "contiguous"),
-        default="channels_last",
-        help="memory layout of every model and input (default: channels_last, what `predict` uses)",
-    )
-    parser.add_argument("--compare", action="store_true", help="add smp FPN, UNet and DeepLabV3+ on the matching encoder")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    return parser
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)(?:[x×](\d+))?", text.strip())
-    if not match:
-        raise EffdetsegError(f"--resolution {text!r}: expected a size such as 512 or 384x512")
-    height = int(match.group(1))
-    width = int(match.group(2) or height)
-    if height <= 0 or width <= 0:
-        raise EffdetsegError(f"--resolution {text!r}: sizes must be positive")
-    return height, width
-
-
 def zoo_candidates(spec: str, num_classes: int) -> list[Candidate]:
+    from ..io.record import SEGMENTATION_FAMILIES
     from ..models import create_model, is_model, list_models, model_family
 
     if spec == "all":
@@ -124,7 +84,7 @@ def zoo_candidates(spec: str, num_classes: int) -> list[Candidate]:
         with torch.device("meta"):
             model = build()
         backbone = getattr(getattr(model, "config", None), "backbone", None)
-        candidates.append(Candidate(name, build, backbone))
+        candidates.append(Candidate(name, build, backbone, prepare=True))
     if not candidates:
         raise EffdetsegError("--model: no model named")
     return candidates
@@ -220,12 +180,20 @@ def benchmark(
 ) -> list[Result]:
     from .complexity import count_macs, count_parameters
 
-    gmacs = []
+    gmacs, params = [], []  # of the architecture (before BatchNorm folding)
     for candidate in candidates:
         with torch.device("meta"):
             meta_model = candidate.build()
         gmacs.append(count_macs(meta_model, resolution) / 1e9)
-    models = [candidate.build().to(device=device, dtype=dtype, memory_format=memory_format).eval() for candidate in candidates]
+        params.append(count_parameters(meta_model))
+    from .prepare import prepare_for_inference
+
+    channels_last = memory_format == torch.channels_last
+    models = [
+        (prepare_for_inference(c.build(), device, channels_last=channels_last) if c.prepare else c.build().eval())
+        .to(device=device, dtype=dtype, memory_format=memory_format)
+        for c in candidates
+    ]
     x = torch.randn(batch, 3, *resolution, device=device, dtype=dtype).contiguous(memory_format=memory_format)
 
     def synchronize() -> None:
@@ -253,13 +221,13 @@ def benchmark(
                 synchronize()
                 times[i].append(time.perf_counter() - started)
     results = []
-    for candidate, model, macs, samples, (peak, lower_bound) in zip(candidates, models, gmacs, times, peaks):
+    for candidate, model, macs, count, samples, (peak, lower_bound) in zip(candidates, models, gmacs, params, times, peaks):
         median = _percentile(samples, 0.5)
         weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         results.append(
             Result(
                 model=candidate.label,
-                params=count_parameters(model),
+                params=count,
                 gmacs=macs,
                 median_ms=1000 * median,
                 p90_ms=1000 * _percentile(samples, 0.9),
@@ -296,7 +264,7 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -307,55 +275,3 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    from .predictor import pick_device
-
-    resolution = parse_resolution(args.resolution)
-    if args.batch < 1 or args.iters < 1 or args.warmup < 0:
-        raise EffdetsegError("--batch and --iters must be at least 1, --warmup at least 0")
-    device = pick_device(args.device)
-    dtype = DTYPES[args.dtype]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    candidates = zoo_candidates(args.model, args.num_classes)
-    if args.compare:
-        if any(side % 32 for side in resolution):
-            raise EffdetsegError(f"--compare: smp models need sizes divisible by 32, got {resolution[0]}×{resolution[1]}")
-        backbones = [c.backbone for c in candidates if c.backbone]
-        if not backbones:
-            raise EffdetsegError("--compare: no model with a timm backbone to match (UNet has none)")
-        candidates += smp_candidates(backbones, args.num_classes)
-
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    print(
-        f"benchmark: {len(candidates)} model(s), batch {args.batch} × {resolution[0]}×{resolution[1]}, {args.dtype}, "
-        f"{args.memory_format}, "
-        f"{device.type} ({device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads), "
-        f"{args.warmup} warm-up + {args.iters} timed passes each, run alternately"
-    )
-    memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    results = benchmark(candidates, resolution, args.batch, device, dtype, args.iters, args.warmup, memory_format)
-    print(format_table(results))
-    if args.json:
-        path = Path(args.json)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            info = {
-                "resolution": list(resolution),
-                "batch": args.batch,
-                "dtype": args.dtype,
-                "memory_format": args.memory_format,
-                "device": device.type,
-                "device_name": device_name,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "iters": args.iters,
-                "warmup": args.warmup,
-                "results": [asdict(r) for r in results],
-            }
-            path.write_text(json.dumps(info, indent=2) + "\n")
-        except OSError as e:
-            raise EffdetsegError(f"{path}: cannot write results ({e.strerror})") from None
-        print(f"wrote {path}")
-    return 0

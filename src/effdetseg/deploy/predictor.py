@@ -1,18 +1,16 @@
 """Segment images with a trained model: load once, then ``predict(image or batch)`` → label maps.
 
 Backends (picked from the file unless told):
-- ``torch``: an effdetseg checkpoint (``effdetseg train`` output or ``save_model``), or a bare state
-  dict (the original project's ``model.pth``) given with the model name and number of classes;
-- ``onnx``: a file written by ``effdetseg export --format onnx``, run with onnxruntime;
+- ``torch``: an effdetseg model file (``effdetseg train`` output or ``save_model``), or a bare
+  state dict (the original project's ``model.pth``) given with the model name and number of classes;
+- ``onnx``: a file written by ``effdetseg export`` (``.onnx``), run with onnxruntime;
 - ``torchscript``: a file written by ``effdetseg export --format torchscript``.
 
-Preprocessing is the same for every backend, so an exported model predicts what the checkpoint does:
-1. resize to ``resolution``×``resolution`` (a square, as the original project did; with
-   ``keep_aspect=True`` the longer side becomes ``resolution`` instead; ``resolution=0`` keeps the
-   original size — the network pads any size to its stride internally);
-2. scale to [0, 1] and normalize with the checkpoint's own mean/std when it stores them, else the
-   backbone's timm ``pretrained_cfg`` mean/std (ImageNet's for models without a timm backbone);
-3. resize the logits (bilinear) back to each image's original size, then take the argmax.
+Every backend runs the one inference path (:mod:`effdetseg.deploy.inference`) with the model
+record's preprocessing — the training size and resize mode, mean and std — so an exported model
+predicts what its checkpoint does, and ``effdetseg evaluate`` measures what this class outputs.
+A torch network is prepared once (:func:`prepare_for_inference`: BatchNorm folded, channels-last
+on the CPU). Files are read once.
 """
 from __future__ import annotations
 
@@ -20,54 +18,36 @@ import json
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..io.record import load_model, load_weights, read_model_config
 from ..data.image_io import read_image
-from ..io.labels import LabelSet
+from ..devices import resolve_device
 from ..errors import EffdetsegError
-from ..models import create_model, model_family
+from ..io.labels import LabelSet
+from ..io.record import (
+    METADATA_KEY,
+    SEGMENTATION_FAMILIES,
+    ModelRecord,
+    Preprocessing,
+    build_model,
+    legacy_record,
+    read_model_file,
+)
+from .inference import NO_TTA, ModelRunner, Runner, TestTimeAugmentation, preprocess, segment
+from .prepare import prepare_for_inference
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_RESOLUTION = 512
-SEGMENTATION_FAMILIES = ("efficientdet_seg", "efficientdet_seg_p2", "unet")
 BACKENDS = ("torch", "onnx", "torchscript")
-# Exported files carry this JSON (ONNX metadata_props / TorchScript extra file): model config,
-# mean, std and resolution, so they predict without the checkpoint.
-METADATA_KEY = "effdetseg"
-TORCHSCRIPT_EXTRA_FILE = "effdetseg.json"
+TORCHSCRIPT_EXTRA_FILE = f"{METADATA_KEY}.json"
+LEGACY_EXPORT_KEY = "effdetseg"  # ONNX metadata / TorchScript extra file of effdetseg 0.1.0
 
 ImageInput = str | Path | np.ndarray | Image.Image
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images become network input. ``resolution`` (height, width); None keeps the original size."""
-
-    resolution: tuple[int, int] | None
-    keep_aspect: bool
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        if self.resolution is None:
-            return height, width
-        if self.keep_aspect:
-            scale = max(self.resolution) / max(height, width)
-            return max(1, round(height * scale)), max(1, round(width * scale))
-        return self.resolution
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def as_rgb_array(image: ImageInput) -> np.ndarray:
@@ -87,29 +67,6 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
-def preprocess(image: np.ndarray, preprocessing: Preprocessing, device: torch.device | str = "cpu") -> torch.Tensor:
-    """One uint8 H×W×3 image → normalized float 1×3×h×w network input on ``device``."""
-    if not image.flags.writeable:
-        image = image.copy()  # torch.from_numpy wants a writable array
-    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float().div_(255.0)
-    size = preprocessing.resized_size(*image.shape[:2])
-    if size != tuple(image.shape[:2]):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(preprocessing.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" → CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EffdetsegError("device cuda: CUDA is not available on this machine (use --device cpu)")
-    return device
-
-
 def detect_backend(path: str | Path) -> str:
     """``.onnx`` → onnx; a zip archive with TorchScript code → torchscript; anything else → torch."""
     path = Path(path)
@@ -122,112 +79,14 @@ def detect_backend(path: str | Path) -> str:
     return "torch"
 
 
-def _as_size(resolution: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if resolution is None:
-        return None
-    if isinstance(resolution, int):
-        if resolution < 0:
-            raise EffdetsegError(f"resolution must be positive (0 = original size), got {resolution}")
-        return None if resolution == 0 else (resolution, resolution)
-    height, width = (int(v) for v in resolution)
-    if height <= 0 or width <= 0:
-        raise EffdetsegError(f"resolution must be positive, got {height}×{width}")
-    return height, width
+def check_segmentation(record: ModelRecord, source: str | Path) -> None:
+    if not record.architecture.is_segmentation:
+        raise EffdetsegError(
+            f"{source}: {record.architecture.name!r} is not a segmentation model (for classifiers use `effdetseg classify`)"
+        )
 
 
-def checkpoint_extras(path: str | Path) -> dict[str, Any]:
-    """What a torch checkpoint stores besides the weights, when it does (training checkpoints do).
-
-    ``mean``/``std`` from ``normalize: {mean, std}``; ``resolution`` from ``input_size: [h, w]``
-    (or ``resolution``); ``labels`` from ``labels: {names, colors}``. A resolved training config
-    under ``config`` is read too (``data.normalize``, ``data.preprocessing.resize_height/width``).
-    Missing entries are simply absent.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return {}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return {}  # read_model_config / load_weights report unreadable files with their own message
-    if not isinstance(obj, Mapping):
-        return {}
-    extras: dict[str, Any] = {}
-    data = obj["config"].get("data", {}) if isinstance(obj.get("config"), Mapping) else {}
-    normalize = obj.get("normalize") or data.get("normalize")
-    if isinstance(normalize, Mapping) and "mean" in normalize and "std" in normalize:
-        extras["mean"] = tuple(float(v) for v in normalize["mean"])
-        extras["std"] = tuple(float(v) for v in normalize["std"])
-    size = obj.get("input_size") or obj.get("resolution")
-    preprocessing = data.get("preprocessing") if isinstance(data.get("preprocessing"), Mapping) else {}
-    if size is None and preprocessing.get("resize_height") and preprocessing.get("resize_width"):
-        size = (preprocessing["resize_height"], preprocessing["resize_width"])
-    if size is not None:
-        extras["resolution"] = size
-    labels = obj.get("labels")
-    if isinstance(labels, Mapping) and labels.get("names") and labels.get("colors"):
-        extras["labels"] = labels_from_json(labels)
-    return extras
-
-
-def labels_from_json(labels: Mapping[str, Any]) -> LabelSet:
-    """``{"names": [...], "colors": [[r, g, b], ...]}`` (checkpoints, export metadata) → LabelSet."""
-    return LabelSet(tuple(str(n) for n in labels["names"]), tuple(tuple(int(v) for v in c) for c in labels["colors"]))
-
-
-def labels_to_json(labels: LabelSet) -> dict[str, Any]:
-    return {"names": list(labels.names), "colors": [list(c) for c in labels.colors]}
-
-
-def _model_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    cfg = getattr(getattr(model, "backbone", None), "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
-
-
-def _check_segmentation(name: str, source: str) -> None:
-    if model_family(name) not in SEGMENTATION_FAMILIES:
-        raise EffdetsegError(f"{source}: {name!r} is not a segmentation model (for classifiers use `effdetseg classify`)")
-
-
-def build_torch_model(path: str | Path, model_name: str | None = None, num_classes: int | None = None) -> nn.Module:
-    """The network of a checkpoint (its own config) or of a bare state dict (name + classes given).
-
-    A checkpoint whose config disagrees with ``model_name`` or ``num_classes`` is an error naming both.
-    """
-    config = read_model_config(path)
-    if config is None:
-        if model_name is None:
-            raise EffdetsegError(
-                f"{path}: a bare state dict with no model config; pass the model name and num_classes "
-                "(e.g. `--model efficientdet_d4_seg --num_classes 21 --weights FILE`)"
-            )
-        _check_segmentation(model_name, "--model")
-        model = create_model(model_name, num_classes=num_classes)
-        load_weights(model, path)
-        return model.eval()
-    if num_classes is not None and int(config["num_classes"]) != num_classes:
-        raise EffdetsegError(f"{path}: the checkpoint has {config['num_classes']} classes, but num_classes is {num_classes}")
-    if model_name is not None and config["name"] != model_name:
-        raise EffdetsegError(f"{path}: the checkpoint holds {config['name']}, not {model_name}")
-    _check_segmentation(config["name"], str(path))
-    return load_model(path)
-
-
-class _TorchRunner:
-    """The network in eval mode; channels-last memory layout unless told otherwise (on a 2-core CPU
-    it runs efficientdet_d0_seg at 512² about 2.5× faster than NCHW, with the same logits)."""
-
-    def __init__(self, model: nn.Module, device: torch.device, channels_last: bool) -> None:
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(device=device, memory_format=self.memory_format).eval()
-        self.device = device
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(x.to(self.device, memory_format=self.memory_format)).float()
-
-
-class _OnnxRunner:
+class OnnxRunner:
     """onnxruntime on CUDA when asked for and available, else on CPU."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
@@ -242,16 +101,16 @@ class _OnnxRunner:
             raise EffdetsegError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.device = torch.device("cpu")  # pre- and post-processing run in torch on the CPU
-        self.metadata = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[:1]
+        (logits,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[:1]
         return torch.from_numpy(logits).float()
 
 
-class _TorchScriptRunner:
+class TorchScriptRunner:
     def __init__(self, path: Path, device: torch.device) -> None:
-        extra = {TORCHSCRIPT_EXTRA_FILE: ""}
+        extra = {TORCHSCRIPT_EXTRA_FILE: "", f"{LEGACY_EXPORT_KEY}.json": ""}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
@@ -259,22 +118,36 @@ class _TorchScriptRunner:
         except Exception as e:
             raise EffdetsegError(f"{path}: not a loadable TorchScript file ({type(e).__name__}: {e})") from None
         self.device = device
-        self.metadata = {METADATA_KEY: extra[TORCHSCRIPT_EXTRA_FILE]} if extra[TORCHSCRIPT_EXTRA_FILE] else {}
+        self.metadata = {METADATA_KEY: extra[TORCHSCRIPT_EXTRA_FILE], LEGACY_EXPORT_KEY: extra[f"{LEGACY_EXPORT_KEY}.json"]}
+        self.metadata = {k: v for k, v in self.metadata.items() if v}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.module(x.to(self.device)).float()
+        return self.module(x.to(self.device)).float()
+
+
+def export_record(metadata: Mapping[str, str], path: Path) -> ModelRecord | None:
+    """The record an exported file carries (None for files exported by other tools)."""
+    if METADATA_KEY in metadata:
+        return ModelRecord.from_json(metadata[METADATA_KEY], path)
+    if LEGACY_EXPORT_KEY in metadata:
+        try:
+            stored = json.loads(metadata[LEGACY_EXPORT_KEY])
+        except json.JSONDecodeError as e:
+            raise EffdetsegError(f"{path}: corrupt effdetseg metadata ({e})") from None
+        return legacy_record(stored, path) if isinstance(stored, Mapping) and "model_config" in stored else None
+    return None
 
 
 class Predictor:
     """Load a model once; ``predict`` turns images into label maps (and probabilities on request).
 
-    ``checkpoint``: a checkpoint path (see the module doc for formats) or a built segmentation
-    ``nn.Module``. ``device``: "cpu", "cuda", a torch.device, or None for CUDA when available.
-    ``resolution``: None → the checkpoint's training size when it records one, else 512;
-    0 → no resizing. ``mean``/``std`` override the normalization. ``channels_last`` runs a torch
-    network in that memory layout (faster on CPU; the module passed in is converted in place).
-    ``labels`` is the checkpoint's label set (names and colors) when it stores one, else None.
+    ``checkpoint``: a model file (see the module doc for formats) or a built segmentation
+    ``nn.Module``. ``device``: "cpu", "cuda", "cuda:N", a torch.device, or None/"auto" for CUDA
+    when available. ``resolution``: None → the record's preprocessing (the training size and resize
+    mode; 512 for files without one); N → resize to N×N (the longer side to N with
+    ``keep_aspect=True``); 0 → no resizing. ``mean``/``std`` override the normalization.
+    ``channels_last``: the torch network's memory layout (default: channels-last on the CPU).
+    ``labels``: the record's label set (names and colors) when it has one that fits, else None.
 
     >>> predictor = Predictor("experiments/run/best.pth")
     >>> labels = predictor.predict("dog.jpg")                         # H×W uint8 class ids
@@ -294,38 +167,47 @@ class Predictor:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         batch_size: int = 8,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
+        tta: TestTimeAugmentation = NO_TTA,
     ) -> None:
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.batch_size = max(1, int(batch_size))
-        self.model: nn.Module | None = None  # the torch network (None for exported files)
+        self.tta = tta
+        self.model: nn.Module | None = None  # the prepared torch network (None for exported files)
         if isinstance(checkpoint, nn.Module):
-            self.backend, self.source, self.model = "torch", type(checkpoint).__name__, checkpoint.eval()
-            stored: dict[str, Any] = {}
+            self.backend, self.source = "torch", type(checkpoint).__name__
+            record = ModelRecord.for_model(checkpoint) if hasattr(checkpoint, "model_config") else None
+            network: nn.Module | None = checkpoint
+            self.num_classes = int(record.architecture.num_classes if record else checkpoint.num_classes)
         else:
-            stored = self._load_file(Path(checkpoint), backend, model_name, num_classes)
-        if self.model is not None:
-            self._run: Any = _TorchRunner(self.model, self.device, channels_last)
-            self.model_config = dict(getattr(self.model, "model_config", {}))
-            self.num_classes = int(self.model.num_classes)
-            model_mean, model_std = _model_mean_std(self.model)
-            stored.setdefault("mean", model_mean)
-            stored.setdefault("std", model_std)
-        self._input_device = self._run.device
-        labels = stored.get("labels")
-        self.labels: LabelSet | None = labels_from_json(labels) if isinstance(labels, Mapping) else labels
-        if self.labels is not None and self.labels.num_classes != self.num_classes:
-            self.labels = None  # names that do not fit the output: the caller picks a label set
-        self.preprocessing = Preprocessing(
-            resolution=_as_size(resolution if resolution is not None else stored.get("resolution", DEFAULT_RESOLUTION)),
-            keep_aspect=keep_aspect,
-            mean=tuple(float(v) for v in (mean if mean is not None else stored.get("mean", IMAGENET_MEAN))),
-            std=tuple(float(v) for v in (std if std is not None else stored.get("std", IMAGENET_STD))),
-        )
+            record, network = self._load_file(Path(checkpoint), backend, model_name, num_classes)
+        if network is not None:
+            self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+            self.model = prepare_for_inference(network, self.device, channels_last=self.channels_last)
+            self._run: Runner = ModelRunner(self.model)
+            if record is None:
+                record_prep = Preprocessing.for_model(network)
+            else:
+                record_prep = record.preprocessing
+        else:
+            record_prep = record.preprocessing if record is not None else Preprocessing()
+        self.record = record
+        self.model_config: dict[str, Any] = record.architecture.config() if record is not None else {}
+        labels = record.labels if record is not None else None
+        self.labels: LabelSet | None = labels if labels is not None and labels.num_classes == self.num_classes else None
+        preprocessing = record_prep.with_resolution(resolution, keep_aspect)
+        if mean is not None or std is not None:
+            preprocessing = replace(
+                preprocessing,
+                mean=tuple(float(v) for v in mean) if mean is not None else preprocessing.mean,
+                std=tuple(float(v) for v in std) if std is not None else preprocessing.std,
+            )
+        self.preprocessing = preprocessing
 
-    def _load_file(self, path: Path, backend: str | None, model_name: str | None, num_classes: int | None) -> dict[str, Any]:
-        """Load a checkpoint (sets ``self.model``) or an exported file (sets ``self._run``); returns
-        the preprocessing and labels the file stores."""
+    def _load_file(
+        self, path: Path, backend: str | None, model_name: str | None, num_classes: int | None
+    ) -> tuple[ModelRecord | None, nn.Module | None]:
+        """(record, torch network or None); an exported file sets the runner instead."""
         if not path.is_file():
             raise EffdetsegError(f"{path}: model file not found")
         self.source = str(path)
@@ -333,43 +215,40 @@ class Predictor:
         if self.backend not in BACKENDS:
             raise EffdetsegError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "torch":
-            self.model = build_torch_model(path, model_name, num_classes)
-            return checkpoint_extras(path)
-        self._run = (_OnnxRunner if self.backend == "onnx" else _TorchScriptRunner)(path, self.device)
-        stored = self._read_export_metadata(self._run.metadata, path)
-        self.model_config = stored.get("model_config", {})
-        self.num_classes = int(self.model_config.get("num_classes") or self._probe_num_classes(self._run))
+            file = read_model_file(path)
+            if file.record is not None:
+                check_segmentation(file.record, path)
+            elif model_name is not None:
+                from ..models import model_family
+
+                if model_family(model_name) not in SEGMENTATION_FAMILIES:
+                    raise EffdetsegError(f"--model: {model_name!r} is not a segmentation model (for classifiers use `effdetseg classify`)")
+            network = build_model(file, model_name=model_name, num_classes=num_classes)
+            self.num_classes = int(network.num_classes)
+            return file.record or ModelRecord.for_model(network), network
+        self._run = (OnnxRunner if self.backend == "onnx" else TorchScriptRunner)(path, self.device)
+        record = export_record(self._run.metadata, path)
+        if record is not None:
+            check_segmentation(record, path)
+        self.num_classes = record.architecture.num_classes if record is not None else self._probe_num_classes()
         if num_classes is not None and num_classes != self.num_classes:
             raise EffdetsegError(f"{path}: the exported model has {self.num_classes} classes, but num_classes is {num_classes}")
-        return stored
+        return record, None
 
-    @staticmethod
-    def _read_export_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, Any]:
-        if METADATA_KEY not in metadata:
-            return {}  # a file exported by other tools: ImageNet normalization, classes from the output
-        try:
-            stored = json.loads(metadata[METADATA_KEY])
-        except json.JSONDecodeError as e:
-            raise EffdetsegError(f"{path}: corrupt effdetseg metadata ({e})") from None
-        if stored.get("resolution") is not None:
-            stored["resolution"] = tuple(stored["resolution"])
-        return stored
-
-    def _probe_num_classes(self, runner: Any) -> int:
-        x = torch.zeros(1, 3, 64, 64, device=runner.device)
-        return int(runner(x).shape[1])
+    def _probe_num_classes(self) -> int:
+        with torch.inference_mode():
+            return int(self._run(torch.zeros(1, 3, 64, 64)).shape[1])
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Network logits (B×C×h×w, float32) of an already preprocessed batch."""
-        return self._run(x.to(self._input_device))
+        with torch.inference_mode():
+            return self._run(x)
 
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """Network logits (1×C×h×w) of one uint8 H×W×3 image, at the network's input size."""
-        return self.run(preprocess(image, self.preprocessing, self._input_device))
+        return self.run(preprocess(image, self.preprocessing, getattr(self._run, "device", "cpu")))
 
-    def predict(
-        self, images: ImageInput | Sequence[ImageInput], return_probabilities: bool = False
-    ) -> Any:
+    def predict(self, images: ImageInput | Sequence[ImageInput], return_probabilities: bool = False) -> Any:
         """Label maps of one image or a batch.
 
         One image (path, PIL image, H×W×3 uint8 array) → an H×W array of class ids (uint8 up to
@@ -378,36 +257,13 @@ class Predictor:
         ``(labels, probabilities)``. Every map has its image's original size.
         """
         single = isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
-        items = [images] if single else list(images)
-        arrays = [as_rgb_array(item) for item in items]
-        labels: list[np.ndarray] = []
-        probabilities: list[np.ndarray] = []
-        for start in range(0, len(arrays), self.batch_size):
-            batch_labels, batch_probs = self._predict_batch(arrays[start : start + self.batch_size], return_probabilities)
-            labels += batch_labels
-            probabilities += batch_probs
+        arrays = [as_rgb_array(item) for item in ([images] if single else list(images))]
+        results = segment(
+            self._run, arrays, self.preprocessing, tta=self.tta, batch_size=self.batch_size, probabilities=return_probabilities
+        )
+        label_dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        labels = [r.labels.cpu().numpy().astype(label_dtype) for r in results]
+        probabilities = [r.probabilities.cpu().numpy() for r in results] if return_probabilities else []
         if single:
             return (labels[0], probabilities[0]) if return_probabilities else labels[0]
         return (labels, probabilities) if return_probabilities else labels
-
-    def _predict_batch(self, arrays: list[np.ndarray], with_probabilities: bool) -> tuple[list, list]:
-        """Images that resize to the same size run as one batch; nothing is padded between images,
-        so a prediction does not depend on the batch it was in."""
-        labels: list[np.ndarray | None] = [None] * len(arrays)
-        probabilities: list[np.ndarray | None] = [None] * len(arrays)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(arrays):
-            groups.setdefault(self.preprocessing.resized_size(*image.shape[:2]), []).append(i)
-        label_dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
-        for indices in groups.values():
-            x = torch.cat([preprocess(arrays[i], self.preprocessing, self._input_device) for i in indices])
-            logits = self._run(x)
-            for row, i in enumerate(indices):
-                original_size = arrays[i].shape[:2]
-                scores = logits[row : row + 1]
-                if tuple(scores.shape[-2:]) != tuple(original_size):
-                    scores = F.interpolate(scores, size=original_size, mode="bilinear", align_corners=False)
-                labels[i] = scores.argmax(1)[0].to(label_dtype).cpu().numpy()
-                if with_probabilities:
-                    probabilities[i] = scores.softmax(1)[0].cpu().numpy()
-        return labels, probabilities if with_probabilities else []
