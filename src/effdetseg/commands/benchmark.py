@@ -1,4 +1,112 @@
-"""``effdetseg benchmark``: see :mod:`effdetseg.deploy.benchmark`."""
-from ..deploy.benchmark import main
+"""``effdetseg benchmark``: params, GMACs, latency (median, p90), images/s and peak memory of zoo
+models (see :mod:`effdetseg.deploy.benchmark` for how each is measured)."""
+from __future__ import annotations
 
-__all__ = ["main"]
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import EffdetsegError
+from .args import ArgumentParser, add_device
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="effdetseg benchmark",
+        description="Params, GMACs, latency (median and p90 after warm-up), images/s and peak memory; "
+        "models run alternately in one process.",
+    )
+    parser.add_argument(
+        "--model",
+        default="efficientdet_d0_seg",
+        help="a zoo model, a comma-separated list, or 'all' (every segmentation model) (default: efficientdet_d0_seg)",
+    )
+    parser.add_argument("--resolution", default="512", help="input size: 512 or HEIGHTxWIDTH (default: 512)")
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=1, help="images per forward pass (default: 1)")
+    add_device(parser)
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and input dtype (default: fp32)")
+    parser.add_argument("--num-classes", "--num_classes", dest="num_classes", type=int, default=21, help="output classes (default: 21)")
+    parser.add_argument("--iters", type=int, default=20, help="timed forward passes per model (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed forward passes per model first (default: 3)")
+    parser.add_argument(
+        "--memory-format",
+        choices=("channels_last", "contiguous"),
+        default="channels_last",
+        help="memory layout of every model and input (default: channels_last, what `predict` uses)",
+    )
+    parser.add_argument("--compare", action="store_true", help="add smp FPN, UNet and DeepLabV3+ on the matching encoder")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    return parser
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)(?:[x×](\d+))?", text.strip())
+    if not match:
+        raise EffdetsegError(f"--resolution {text!r}: expected a size such as 512 or 384x512")
+    height = int(match.group(1))
+    width = int(match.group(2) or height)
+    if height <= 0 or width <= 0:
+        raise EffdetsegError(f"--resolution {text!r}: sizes must be positive")
+    return height, width
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from ..deploy.benchmark import DTYPES as TORCH_DTYPES
+    from ..deploy.benchmark import benchmark, cpu_name, format_table, smp_candidates, zoo_candidates
+    from ..devices import resolve_device
+
+    resolution = parse_resolution(args.resolution)
+    if args.batch < 1 or args.iters < 1 or args.warmup < 0:
+        raise EffdetsegError("--batch and --iters must be at least 1, --warmup at least 0")
+    device = resolve_device(args.device)
+    dtype = TORCH_DTYPES[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    candidates = zoo_candidates(args.model, args.num_classes)
+    if args.compare:
+        if any(side % 32 for side in resolution):
+            raise EffdetsegError(f"--compare: smp models need sizes divisible by 32, got {resolution[0]}×{resolution[1]}")
+        backbones = [c.backbone for c in candidates if c.backbone]
+        if not backbones:
+            raise EffdetsegError("--compare: no model with a timm backbone to match (UNet has none)")
+        candidates += smp_candidates(backbones, args.num_classes)
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    print(
+        f"benchmark: {len(candidates)} model(s), batch {args.batch} × {resolution[0]}×{resolution[1]}, {args.dtype}, "
+        f"{args.memory_format}, "
+        f"{device.type} ({device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads), "
+        f"{args.warmup} warm-up + {args.iters} timed passes each, run alternately"
+    )
+    memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    results = benchmark(candidates, resolution, args.batch, device, dtype, args.iters, args.warmup, memory_format)
+    print(format_table(results))
+    if args.json:
+        path = Path(args.json)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            info = {
+                "resolution": list(resolution),
+                "batch": args.batch,
+                "dtype": args.dtype,
+                "memory_format": args.memory_format,
+                "device": device.type,
+                "device_name": device_name,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "iters": args.iters,
+                "warmup": args.warmup,
+                "results": [asdict(r) for r in results],
+            }
+            path.write_text(json.dumps(info, indent=2) + "\n")
+        except OSError as e:
+            raise EffdetsegError(f"{path}: cannot write results ({e.strerror})") from None
+        print(f"wrote {path}")
+    return 0
