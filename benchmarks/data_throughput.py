@@ -16,7 +16,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Dataset
 
 from effdetseg.data import build_dataset, collate_pad
-from effdetseg.data.config import compose_config
+from effdetseg.configs.compose import compose
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012_sample"
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--augmentation", default="voc_original", help="data/augmentation preset (voc_original, deeplab)")
     args = parser.parse_args()
 
-    cfg = compose_config(
+    cfg = compose(
         [
             "data=voc",
             f"data.root={args.root}",

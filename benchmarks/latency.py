@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per model (≥ 7)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--num_classes", type=int, default=21)
+    parser.add_argument("--num-classes", "--num_classes", dest="num_classes", type=int, default=21)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import segmentation_models_pytorch as smp

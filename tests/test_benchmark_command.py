@@ -10,10 +10,12 @@ import torch
 
 from effdetseg import create_model
 from effdetseg.cli import main as cli
-from effdetseg.commands.benchmark import cpu_peak_bytes, parse_resolution
-from effdetseg.complexity import count_parameters, model_complexity
+from effdetseg.commands.benchmark import parse_resolution
+from effdetseg.deploy.benchmark import cpu_peak_bytes
+from effdetseg.deploy.complexity import count_parameters, model_complexity
 
 
+@pytest.mark.slow
 def test_benchmark_with_compare_writes_table_and_json(tmp_path: Path, capsys) -> None:
     pytest.importorskip("segmentation_models_pytorch", reason="--compare needs segmentation_models_pytorch")
     out = tmp_path / "bench.json"

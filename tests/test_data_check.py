@@ -56,6 +56,6 @@ def test_check_synthetic_and_bad_override(capsys):
     assert rc == 0 and "train: 6 samples" in out and "val: 3 samples" in out and "circle" in out
     assert main(["data", "check", "data.no_such_key=1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "effdetseg data: error: unknown config key data.no_such_key (to add a new key use +data.no_such_key=VALUE)"
+    assert err == "effdetseg data: error: unknown key 'data.no_such_key'"
     assert main(["data", "check", "data=nope"]) == 2
-    assert "data=nope: no such preset; choose from camvid, coco_voc, folder, synthetic, voc, voc_aug" in capsys.readouterr().err
+    assert "data=nope: no such data preset; choose from camvid, coco_voc, folder, synthetic, voc, voc_aug" in capsys.readouterr().err

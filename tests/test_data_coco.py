@@ -10,8 +10,8 @@ import pytest
 
 from effdetseg.data import build_dataset, read_mask
 from effdetseg.data.coco import COCO_IDS_IN_VOC_ORDER, load_coco, prepare_coco_voc, rasterize
-from effdetseg.data.config import compose_config
-from effdetseg.data.labels import LabelSet
+from effdetseg.configs.compose import compose
+from effdetseg.io.labels import LabelSet
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COCO = SHARED / "coco_val2017_sample"
@@ -24,7 +24,7 @@ pytestmark = [
 
 
 def coco_cfg(root: Path, *overrides: str):
-    return compose_config(
+    return compose(
         [
             "data=coco_voc",
             f"data.root={root}",
@@ -34,8 +34,7 @@ def coco_cfg(root: Path, *overrides: str):
             f"data.splits.train.annotations={SUBSET}",
             "data/augmentation=none",
             *overrides,
-        ],
-        "data_only",
+        ]
     ).data
 
 

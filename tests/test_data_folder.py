@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from effdetseg.data import build_dataset, build_label_set
-from effdetseg.data.config import compose_config
-from effdetseg.data.labels import voc_colormap
+from effdetseg.configs.compose import compose
+from effdetseg.io.labels import voc_colormap
 from effdetseg.errors import EffdetsegError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -19,12 +19,12 @@ CAMVID = SHARED / "camvid"
 
 
 def folder_cfg(root: Path, *overrides: str, preset: str = "folder"):
-    return compose_config([f"data={preset}", f"data.root={root}", "data/augmentation=none", *overrides], "data_only").data
+    return compose([f"data={preset}", f"data.root={root}", "data/augmentation=none", *overrides]).data
 
 
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid sample missing at {CAMVID}")
 def test_camvid_sample_loads_367_train_101_val_and_ignores_label_11():
-    cfg = compose_config(["data=camvid", f"data.root={CAMVID}"], "data_only").data
+    cfg = compose(["data=camvid", f"data.root={CAMVID}"]).data
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert len(train) == 367 and len(val) == 101
     raw = np.asarray(Image.open(val.samples[0].mask))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from effdetseg.data import build_dataset, build_label_set, collate_pad
-from effdetseg.data.config import compose_config
+from effdetseg.configs.compose import compose
 from effdetseg.data.synthetic import render_scene
 from effdetseg.errors import EffdetsegError
 
@@ -14,7 +14,7 @@ SHAPES = ["circle", "square", "triangle", "ring", "cross"]
 
 
 def data_cfg(*overrides: str):
-    return compose_config(["data=synthetic", *overrides], "data_only").data
+    return compose(["data=synthetic", *overrides]).data
 
 
 def test_default_preset_items_follow_the_contract():

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from effdetseg.data import build_dataset, build_label_set, read_mask
-from effdetseg.data.config import compose_config
+from effdetseg.configs.compose import compose
 from effdetseg.data.transforms import build_transform
 from effdetseg.errors import EffdetsegError
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not VOC.is_dir(), reason=f"real VOC sample data 
 
 
 def voc_cfg(root: Path | str = VOC, *overrides: str, preset: str = "voc"):
-    return compose_config([f"data={preset}", f"data.root={root}", *overrides], "data_only").data
+    return compose([f"data={preset}", f"data.root={root}", *overrides]).data
 
 
 def make_voc_root(tmp: Path, samples: dict[str, tuple[np.ndarray, np.ndarray | None]], train: list[str], val: list[str]) -> Path:
@@ -67,7 +67,7 @@ def test_voc_training_pipeline_is_the_original_list_with_nearest_masks_and_ignor
     names = [spec["_target_"].split(".")[-1] for spec in cfg.augmentation.train]
     assert names == ["Resize", "HorizontalFlip", "RGBShift", "RandomBrightnessContrast", "Affine"]
     detached = OmegaConf.create(OmegaConf.to_container(cfg))  # interpolations are relative to the data node
-    transform = build_transform(detached, "train")
+    transform = build_transform(detached, augment=True)
     image = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     mask = np.full((80, 100), 7, np.uint8)
     seen = set()
@@ -84,7 +84,7 @@ def test_voc_training_pipeline_is_the_original_list_with_nearest_masks_and_ignor
 
 def test_deeplab_preset_scales_crops_and_pads_with_ignore(tmp_path):
     cfg = voc_cfg(tmp_path, "data/augmentation=deeplab", "data.preprocessing.resize_height=64", "data.preprocessing.resize_width=64")
-    transform = build_transform(cfg, "train")
+    transform = build_transform(cfg, augment=True)
     image = np.full((20, 24, 3), 200, np.uint8)  # smaller than the crop even at scale 2: always padded
     mask = np.full((20, 24), 3, np.uint8)
     image_t, mask_t = transform(image, mask)
@@ -131,7 +131,7 @@ def test_bad_input_errors_name_the_file(tmp_path):
     with pytest.raises(EffdetsegError, match="data.root"):
         build_dataset(voc_cfg(tmp_path / "missing"), "train")
     with pytest.raises(EffdetsegError, match="data.root is not set"):
-        build_dataset(compose_config(["data=voc"], "data_only").data, "train")
+        build_dataset(compose(["data=voc"]).data, "train")
 
 
 def test_grayscale_rgba_16bit_and_exif_rotated_images_are_converted(tmp_path):

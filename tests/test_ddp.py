@@ -1,6 +1,8 @@
 """DDP: 2 processes (torchrun, gloo on CPU) validate to the same confusion matrix as 1 process."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import socket
@@ -8,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
+from effdetseg import read_record
 from effdetseg.cli import main as cli_main
+
+pytestmark = pytest.mark.slow  # a two-process training run
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_IMAGES = 5  # odd: a padding DistributedSampler would count one image twice
@@ -53,8 +56,7 @@ def test_two_process_validation_matches_one_process(tmp_path: Path, capsys) -> N
     assert result.stdout.count("best validation: epoch 1") == 1
     assert "× 2 processes" in (run / "train.log").read_text()
 
-    best = torch.load(run / "best.pth", weights_only=True)
-    ddp_metrics = best["metrics"]
+    ddp_metrics = read_record(run / "best.pth").provenance.metrics
     assert ddp_metrics["pixels"] == VAL_IMAGES * 64 * 64  # every pixel once: no padded duplicates
 
     # The same weights evaluated by one process on the same validation set.

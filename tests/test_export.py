@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-import effdetseg.export
+import effdetseg.deploy.prepare
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_mask
-from effdetseg.export import fold_batchnorm
-from effdetseg.predictor import METADATA_KEY, Predictor
+from effdetseg.deploy.predictor import Predictor
+from effdetseg.deploy.prepare import fold_batchnorm
+from effdetseg.io.record import METADATA_KEY
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGE = DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
@@ -99,6 +100,7 @@ def test_fold_batchnorm_folds_every_bn_and_keeps_outputs() -> None:
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == total
 
 
+@pytest.mark.slow
 def test_onnx_export_is_dynamic_and_matches_pytorch(onnx_export: tuple[Path, str], checkpoint: Path) -> None:
     onnx_file, printed = onnx_export
     assert "folded 84/84 BatchNorm layers" in printed
@@ -108,7 +110,7 @@ def test_onnx_export_is_dynamic_and_matches_pytorch(onnx_export: tuple[Path, str
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # batch, 3, H, W
     assert not any(node.op_type == "BatchNormalization" for node in proto.graph.node)
     metadata = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
-    assert metadata["model_config"]["name"] == "efficientdet_d0_seg" and metadata["resolution"] == [96, 96]
+    assert metadata["architecture"]["name"] == "efficientdet_d0_seg" and metadata["preprocessing"]["size"] == [96, 96]
     # Two sizes and batch sizes through onnxruntime, neither a multiple of the network's 128.
     model = Predictor(checkpoint, device="cpu").model
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
@@ -121,6 +123,7 @@ def test_onnx_export_is_dynamic_and_matches_pytorch(onnx_export: tuple[Path, str
         np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_predict_with_onnx_backend_matches_torch(onnx_file: Path, checkpoint: Path, tmp_path: Path) -> None:
     assert cli(["predict", "--data", str(IMAGE), "--backend", "onnx", "--model", str(onnx_file),
                 "--output", str(tmp_path / "onnx")]) == 0
@@ -132,6 +135,7 @@ def test_predict_with_onnx_backend_matches_torch(onnx_file: Path, checkpoint: Pa
     assert (from_onnx == from_torch).mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_torchscript_export(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     output = tmp_path / "tiny.torchscript.pt"
     assert cli(["export", "--checkpoint", str(tiny_checkpoint), "--format", "torchscript", "--output", str(output),
@@ -139,17 +143,18 @@ def test_torchscript_export(tiny_checkpoint: Path, tmp_path: Path, capsys) -> No
     printed = capsys.readouterr().out
     assert "folded 58/58 BatchNorm layers" in printed and printed.count("% ok") == 2
     exported = Predictor(output, device="cpu")
-    assert exported.backend == "torchscript" and exported.preprocessing.resolution == (64, 64)
+    assert exported.backend == "torchscript" and exported.preprocessing.size == (64, 64)
     labels = exported.predict(str(IMAGE))
     assert labels.shape == Image.open(IMAGE).size[::-1]
     reference = Predictor(tiny_checkpoint, device="cpu", resolution=64).predict(str(IMAGE))
     assert (labels == reference).mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_parity_failure_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """A graph that disagrees with PyTorch must fail the command: the exported classifier's outputs
     are rotated by one class, so every pixel's argmax moves to the next class."""
-    real_fold = effdetseg.export.fold_batchnorm
+    real_fold = effdetseg.deploy.prepare.fold_batchnorm
 
     def broken_fold(model: nn.Module):
         folded, report = real_fold(model)
@@ -159,7 +164,7 @@ def test_parity_failure_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path, mon
             classifier.bias.copy_(classifier.bias.roll(1, dims=0))
         return folded, report
 
-    monkeypatch.setattr(effdetseg.export, "fold_batchnorm", broken_fold)
+    monkeypatch.setattr(effdetseg.deploy.prepare, "fold_batchnorm", broken_fold)
     output = tmp_path / "broken.onnx"
     assert cli(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(output), "--image", str(IMAGE),
                 "--resolution", "64"]) == 1
@@ -172,7 +177,7 @@ def test_export_bad_input(checkpoint: Path, tmp_path: Path, capsys) -> None:
     onnx_out = ["--output", str(tmp_path / "m.onnx")]
     cases = [
         (["--checkpoint", str(tmp_path / "missing.pth"), *onnx_out, "--image", str(IMAGE)], "model file not found"),
-        (["--checkpoint", str(checkpoint), *onnx_out, "--image", str(tmp_path / "none.jpg")], "parity image not found"),
+        (["--checkpoint", str(checkpoint), *onnx_out, "--image", str(tmp_path / "none.jpg")], "none.jpg: image not found"),
         (["--checkpoint", str(checkpoint), "--output", str(tmp_path / "model.xyz")], "cannot tell the format"),
         (["--checkpoint", str(checkpoint), *onnx_out, "--num_classes", "3", "--image", str(IMAGE)],
          "21 classes, but num_classes is 3"),

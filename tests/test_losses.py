@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from effdetseg.errors import EffdetsegError
-from effdetseg.training.losses import RegionLoss, build_loss
+from effdetseg.engine.losses import RegionLoss, build_loss
 
 IGNORE = 255
 
@@ -52,7 +52,7 @@ def test_ignored_pixels_do_not_change_the_loss_or_get_gradient(loss_type: str) -
         OmegaConf.create(
             {
                 "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": IGNORE},
-                "region": {"_target_": "effdetseg.training.losses.RegionLoss", "loss_type": loss_type},
+                "region": {"_target_": "effdetseg.engine.losses.RegionLoss", "loss_type": loss_type},
             }
         ),
         num_classes=3,
@@ -80,7 +80,7 @@ def test_weights_combine_terms_and_class_weights_are_used() -> None:
     base = {
         "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": IGNORE, "weight": None},
         "distribution_weight": 0.5,
-        "region": {"_target_": "effdetseg.training.losses.RegionLoss", "loss_type": "dice"},
+        "region": {"_target_": "effdetseg.engine.losses.RegionLoss", "loss_type": "dice"},
         "region_weight": 2.0,
     }
     total, parts = build_loss(OmegaConf.create(base), 3)(logits, target)
@@ -106,7 +106,7 @@ def test_label_smoothing_reaches_cross_entropy() -> None:
 
 
 def test_config_errors_name_the_key() -> None:
-    region = {"_target_": "effdetseg.training.losses.RegionLoss", "loss_type": "lovasz"}
+    region = {"_target_": "effdetseg.engine.losses.RegionLoss", "loss_type": "lovasz"}
     with pytest.raises(EffdetsegError, match=r"train\.loss\.region\.loss_type"):
         build_loss(OmegaConf.create({"distribution": None, "region": region}), 3)
     ce = {"_target_": "torch.nn.CrossEntropyLoss", "weight": [1.0, 2.0]}

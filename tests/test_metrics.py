@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from effdetseg.training.metrics import ConfusionMatrix, SegmentationMetrics
+from effdetseg.engine.metrics import ConfusionMatrix, SegmentationMetrics
 
 
 def test_matrix_counts_pixels_and_skips_ignore() -> None:

@@ -1,16 +1,15 @@
-"""The model zoo: every architecture family forward/backward, any input size, structure, budgets."""
+"""The model zoo: structure, topology, fusion, budgets, any input size (the per-family tester is test_model_families.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import effdetseg
-from effdetseg.complexity import model_complexity
+from effdetseg.deploy.complexity import model_complexity
 from effdetseg.layers import ConvBn, FastNormalizedFusion
 from effdetseg.models.bifpn import FpnLayer, fpn_topology
 
-# One small member per architecture family (the zoo's families differ in structure, not in code paths).
-FAMILIES = ["efficientdet_d0_seg", "efficientdet_d0_seg_p2", "unet"]
+# Forward/backward, odd sizes, save/load, prepare, predict and export of every family: test_model_families.py.
 
 
 def build(name: str, num_classes: int = 5) -> torch.nn.Module:
@@ -27,25 +26,7 @@ def test_list_models_has_every_variant() -> None:
     assert "unet" in names
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_forward_backward_reaches_every_parameter(name: str) -> None:
-    model = build(name).train()
-    x = torch.randn(2, 3, 64, 96)
-    logits = model(x)
-    assert logits.shape == (2, 5, 64, 96)
-    logits.logsumexp(1).mean().backward()
-    # No dead branches: DDP without find_unused_parameters needs every parameter to get a gradient.
-    unused = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not unused, unused
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_odd_input_size(name: str) -> None:
-    model = build(name).eval()
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 37, 53)).shape == (1, 5, 37, 53)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientdet_d0_seg", "efficientdet_d0_seg_p2"])
 @pytest.mark.parametrize("shape", [(1, 3, 375, 500), (2, 3, 128, 128)])
 @pytest.mark.parametrize("train", [True, False])
@@ -102,6 +83,7 @@ def test_fusion_weights_stay_non_negative_and_normalized() -> None:
     assert fused == pytest.approx((2 * 1 + 0.5 * 3) / (2.5 + 1e-4), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fusion_weights_of_a_trained_model_are_normalized() -> None:
     model = build("efficientdet_d0_seg")
     optimizer = torch.optim.SGD(model.parameters(), lr=10.0)  # large steps push some weights negative
@@ -126,6 +108,7 @@ def test_p2_only_and_full_variants_differ_in_structure() -> None:
     assert sum(p.numel() for p in full.parameters()) != sum(p.numel() for p in p2.parameters())
 
 
+@pytest.mark.slow
 def test_scaling_rule_grows_monotonically() -> None:
     sizes = [model_complexity(f"efficientdet_d{phi}_seg", (512, 512)) for phi in range(8)]
     params = [s["params"] for s in sizes]

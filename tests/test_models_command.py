@@ -1,6 +1,8 @@
 """`effdetseg models`: the table is counted from code, and the README carries the same table."""
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 from effdetseg.commands.models import README_END, README_START, markdown_table, model_rows
@@ -8,6 +10,7 @@ from effdetseg.commands.models import README_END, README_START, markdown_table, 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_table_is_the_generated_one() -> None:
     text = README.read_text()
     start, end = text.index(README_START) + len(README_START), text.index(README_END)

@@ -14,7 +14,7 @@ from PIL import Image
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import LabelSet, read_mask
-from effdetseg.visualize import (
+from effdetseg.deploy.visualize import (
     blend,
     color_mask,
     label_image,
@@ -57,6 +57,7 @@ def one_error_line(capsys: pytest.CaptureFixture) -> str:
     return err[0][len(ERROR_PREFIX) :]
 
 
+@pytest.mark.slow
 def test_original_flags_write_mask_overlay_and_labels(tmp_path: Path, voc_images: list[Path], weights: dict[str, Path]) -> None:
     image = voc_images[0]
     output = tmp_path / "dog_mask.jpg"
@@ -76,6 +77,7 @@ def test_original_flags_write_mask_overlay_and_labels(tmp_path: Path, voc_images
     assert overlay_image.height == height and overlay_image.width > width  # legend on the right
 
 
+@pytest.mark.slow
 def test_checkpoint_alone_folder_with_a_bad_image(tmp_path: Path, voc_images: list[Path], weights: dict[str, Path], capsys) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""effdetseg.predictor.Predictor: loading, preprocessing, batching, label maps and probabilities."""
+"""effdetseg.Predictor: loading, preprocessing, batching, label maps and probabilities."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,9 @@ from torch import nn
 
 from effdetseg import create_model, save_model
 from effdetseg.errors import EffdetsegError
-from effdetseg.predictor import IMAGENET_MEAN, Predictor, Preprocessing, detect_backend, preprocess
+from effdetseg.deploy.inference import preprocess
+from effdetseg.deploy.predictor import Predictor, detect_backend
+from effdetseg.io.record import IMAGENET_MEAN, Preprocessing
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOC_IMAGE = DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
@@ -81,7 +83,7 @@ def test_inputs_path_pil_and_array_agree() -> None:
 
 def test_preprocessing_normalizes_with_given_mean_std() -> None:
     image = np.full((8, 8, 3), 255, dtype=np.uint8)
-    x = preprocess(image, Preprocessing((4, 6), False, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    x = preprocess(image, Preprocessing((4, 6), "fixed", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
     assert x.shape == (1, 3, 4, 6)
     assert torch.allclose(x, torch.full_like(x, 2.0))
 
@@ -106,9 +108,10 @@ def test_checkpoint_prediction_matches_the_model(d0_checkpoint: Path) -> None:
     np.testing.assert_allclose(probabilities, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_checkpoint_preprocessing_and_labels_are_used(tmp_path: Path) -> None:
     model = create_model("efficientdet_d0_seg", num_classes=3, bifpn_channels=16, head_channels=16)
-    # What `effdetseg train` stores next to the weights.
+    # What effdetseg 0.1.0's `train` stored next to the weights (still read).
     state = {
         "model_config": model.model_config,
         "model": model.state_dict(),
@@ -120,19 +123,20 @@ def test_checkpoint_preprocessing_and_labels_are_used(tmp_path: Path) -> None:
     torch.save(state, path)
     predictor = Predictor(path, device="cpu")
     assert predictor.preprocessing.mean == (0.5, 0.5, 0.5) and predictor.preprocessing.std == (0.5, 0.5, 0.5)
-    assert predictor.preprocessing.resolution == (96, 128)
+    assert predictor.preprocessing.size == (96, 128)
     assert predictor.labels.names == ("sky", "road", "car") and predictor.labels.colors[2] == (255, 0, 0)
-    assert Predictor(path, device="cpu", resolution=64).preprocessing.resolution == (64, 64)
+    assert Predictor(path, device="cpu", resolution=64).preprocessing.size == (64, 64)
     # A resolved training config (data.normalize, data.preprocessing) is read too.
     del state["normalize"], state["input_size"], state["labels"]
     state["config"] = {"data": {"normalize": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]},
                                 "preprocessing": {"resize_height": 64, "resize_width": 80}}}
     torch.save(state, path)
     predictor = Predictor(path, device="cpu")
-    assert predictor.preprocessing.mean == (0.1, 0.2, 0.3) and predictor.preprocessing.resolution == (64, 80)
+    assert predictor.preprocessing.mean == (0.1, 0.2, 0.3) and predictor.preprocessing.size == (64, 80)
     assert predictor.labels is None
 
 
+@pytest.mark.slow
 def test_bare_state_dict_needs_name_and_checks_classes(tmp_path: Path, d0_checkpoint: Path) -> None:
     model = create_model("efficientdet_d0_seg", num_classes=4)
     bare = tmp_path / "model.pth"  # the original project's format: a state dict and nothing else

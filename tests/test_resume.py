@@ -1,6 +1,8 @@
 """Exact resume: train, kill -9 mid-epoch, resume, finish = the uninterrupted run, bit for bit."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -13,6 +15,8 @@ import torch
 
 from effdetseg import load_model
 from effdetseg.cli import main as cli_main
+
+pytestmark = pytest.mark.slow  # three training runs, one killed
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

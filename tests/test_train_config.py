@@ -9,14 +9,14 @@ from omegaconf import OmegaConf
 
 from effdetseg.cli import main as cli_main
 from effdetseg.errors import EffdetsegError
-from effdetseg.training.builders import build_model, build_optimizer, build_scheduler
-from effdetseg.training.config import apply_overrides, compose_config, train_config
-from effdetseg.training.experiment import create_experiment_dir
-from effdetseg.training.schedulers import WarmupCosineLR, WarmupPolyLR, stepped_per_iteration
+from effdetseg.engine.builders import build_model, build_optimizer, build_scheduler
+from effdetseg.configs.compose import compose
+from effdetseg.engine.experiment import create_experiment_dir, train_config
+from effdetseg.engine.schedulers import WarmupCosineLR, WarmupPolyLR, schedule_kind
 
 
 def test_default_config_has_the_original_keys() -> None:
-    cfg = compose_config([])
+    cfg = compose([])
     assert cfg.train.model.name == "efficientdet_d0_seg"
     assert cfg.train.model.backbone_pretrained is False
     assert cfg.train.model.num_classes == cfg.data.num_classes  # ${data.num_classes}
@@ -52,24 +52,26 @@ def test_the_issue_overrides_compose_and_build() -> None:
     # Weight decay on the conv weight only, not on biases and norm parameters.
     decays = sorted((g["weight_decay"], len(g["params"])) for g in optimizer.param_groups)
     assert decays == [(0.0, 3), (cfg.train.optimizer.weight_decay, 1)]
-    scheduler, per_step = build_scheduler(cfg.train.scheduler, optimizer, epochs=10, steps_per_epoch=5)
+    scheduler, kind = build_scheduler(cfg.train.scheduler, optimizer, epochs=10, steps_per_epoch=5)
     assert isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR) and scheduler.gamma == 0.975
-    assert per_step is False  # the original's scheduler steps once per epoch
+    assert kind.per_step is False  # the original's scheduler steps once per epoch
 
-    sgd = compose_config(["train.optimizer._target_=torch.optim.SGD", "train.optimizer.momentum=0.9"])
+    sgd = compose(["train.optimizer._target_=torch.optim.SGD", "train.optimizer.momentum=0.9"])
     assert build_optimizer(sgd.train.optimizer, model).defaults["momentum"] == 0.9
+    # A new _target_ keeps the keys every optimizer takes (lr, weight_decay), nothing else of the old one.
+    assert dict(sgd.train.optimizer) == {"_target_": "torch.optim.SGD", "lr": 0.004, "weight_decay": 0.0001, "momentum": 0.9}
 
 
 def test_unknown_keys_fail_with_one_line_naming_the_key(capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["train", "train.optimzer.lr=1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "effdetseg train: error: unknown key 'train.optimzer.lr' (to add a key the config does not have, write +train.optimzer.lr=VALUE)"
+    assert err == "effdetseg train: error: unknown key 'train.optimzer.lr' (did you mean train.optimizer.lr?)"
     assert cli_main(["train", "data=nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("effdetseg train: error: data=nope: no such data preset; choose from") and "synthetic" in err
     assert "\n" not in err
     # Inside a _target_ node, the constructor is the judge: a misspelt argument fails when it is built.
-    cfg = compose_config(["train.scheduler.pwoer=2"])
+    cfg = compose(["train.scheduler.pwoer=2"])
     with pytest.raises(EffdetsegError, match=r"train\.scheduler .*pwoer"):
         build_scheduler(cfg.train.scheduler, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1), 2, 2)
 
@@ -80,30 +82,36 @@ def test_type_and_consistency_checks() -> None:
     with pytest.raises(EffdetsegError, match=r"train.model.num_classes \(3\) differs from data.num_classes"):
         train_config(["train.model.num_classes=3"])
     with pytest.raises(EffdetsegError, match="train.model.name: 'efficientnet_b0' is not a segmentation model"):
-        build_model(compose_config(["train.model.name=efficientnet_b0"]).train.model)
+        build_model(compose(["train.model.name=efficientnet_b0"]).train.model)
     with pytest.raises(EffdetsegError, match="train.model.backbone_pretrained: /nonexistent.pth is not a file"):
-        build_model(compose_config(["train.model.backbone_pretrained=/nonexistent.pth"]).train.model)
+        build_model(compose(["train.model.backbone_pretrained=/nonexistent.pth"]).train.model)
 
 
 def test_backbone_and_architecture_overrides_reach_the_model() -> None:
-    cfg = compose_config(
+    cfg = compose(
         ["train.model.backbone=mobilenetv3_large_100", "+train.model.overrides.bifpn_channels=24", "+train.model.overrides.head_channels=16"]
     )
     model = build_model(cfg.train.model)
     assert model.model_config["backbone"] == "mobilenetv3_large_100"
     assert model.model_config["bifpn_channels"] == 24 and model.num_classes == cfg.data.num_classes
     with pytest.raises(EffdetsegError, match="train.model:.*unknown override"):
-        build_model(compose_config(["+train.model.overrides.bifpn_chanels=24"]).train.model)
+        build_model(compose(["+train.model.overrides.bifpn_chanels=24"]).train.model)
 
 
-def test_apply_overrides_on_a_loaded_config() -> None:
-    cfg = compose_config([])
-    apply_overrides(cfg, ["train.num_epochs=40", "train.scheduler.power=2.0"], where="config.yaml")
+def test_overrides_on_a_config_file(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(compose([]), path, resolve=True)
+    cfg = compose(["train.num_epochs=40", "train.scheduler.power=2.0"], base=path)
     assert cfg.train.num_epochs == 40 and cfg.train.scheduler.power == 2.0
-    with pytest.raises(EffdetsegError, match="unknown key 'train.nope' in config.yaml"):
-        apply_overrides(cfg, ["train.nope=1"], where="config.yaml")
+    with pytest.raises(EffdetsegError, match="unknown key 'train.nope'"):
+        compose(["train.nope=1"], base=path)
     with pytest.raises(EffdetsegError, match="config groups cannot change"):
-        apply_overrides(cfg, ["data=voc"], where="config.yaml")
+        compose(["data=voc"], base=path)
+    # The file itself is checked against the schema too: a wrong type names the file and the key.
+    text = path.read_text().replace("num_epochs: 4", "num_epochs: four")
+    path.write_text(text)
+    with pytest.raises(EffdetsegError, match=r"config\.yaml: train\.num_epochs: Value 'four'"):
+        compose([], base=path)
 
 
 def test_warmup_poly_and_cosine_schedules() -> None:
@@ -124,16 +132,16 @@ def test_warmup_poly_and_cosine_schedules() -> None:
     cosine = lrs(WarmupCosineLR, min_lr_ratio=0.0)
     assert cosine[10] == pytest.approx(1.0) and cosine[25] == pytest.approx(0.5)
     assert cosine[39] == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
-    assert stepped_per_iteration(WarmupPolyLR) and stepped_per_iteration(torch.optim.lr_scheduler.OneCycleLR)
-    assert not stepped_per_iteration(torch.optim.lr_scheduler.ExponentialLR)
+    assert schedule_kind(WarmupPolyLR).per_step and schedule_kind(torch.optim.lr_scheduler.OneCycleLR).per_step
+    assert not schedule_kind(torch.optim.lr_scheduler.ExponentialLR).per_step
 
 
 def test_experiments_are_never_overwritten(tmp_path) -> None:
-    cfg = compose_config([f"experiments_dir={tmp_path}", "experiment_name=run1"])
+    cfg = compose([f"experiments_dir={tmp_path}", "experiment_name=run1"])
     path = create_experiment_dir(cfg)
     assert path == tmp_path / "run1" and path.is_dir()
     with pytest.raises(EffdetsegError, match=r"run1 already exists; .*resume="):
         create_experiment_dir(cfg)
-    unnamed = compose_config([f"experiments_dir={tmp_path}"])
+    unnamed = compose([f"experiments_dir={tmp_path}"])
     first, second = create_experiment_dir(unnamed), create_experiment_dir(unnamed)
     assert first != second and first.name.startswith("efficientdet_d0_seg_synthetic_")

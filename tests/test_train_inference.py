@@ -1,4 +1,4 @@
-"""predict_logits: flip and multi-scale test-time augmentation, sliding windows."""
+"""network_logits: flip and multi-scale test-time augmentation, sliding windows."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from effdetseg import create_model
-from effdetseg.inference import _window_starts, predict_logits
+from effdetseg.deploy.inference import TestTimeAugmentation as TTA
+from effdetseg.deploy.inference import network_logits, window_starts
 
 
 def pointwise_model(classes: int = 3) -> nn.Module:
@@ -20,7 +21,7 @@ def test_plain_call_is_the_model_itself() -> None:
     model = nn.Conv2d(3, 2, 3, padding=1).eval()
     x = torch.randn(2, 3, 20, 24)
     with torch.no_grad():
-        assert torch.equal(predict_logits(model, x), model(x))
+        assert torch.equal(network_logits(model, x), model(x))
 
 
 def test_flip_averages_the_mirrored_prediction() -> None:
@@ -29,7 +30,7 @@ def test_flip_averages_the_mirrored_prediction() -> None:
     x = torch.randn(1, 3, 8, 10)
     with torch.no_grad():
         expected = (model(x) + model(x.flip(-1)).flip(-1)) / 2
-        out = predict_logits(model, x, flip=True)
+        out = network_logits(model, x, TTA(flip=True))
     assert torch.allclose(out, expected, atol=1e-6)
     assert not torch.allclose(out, model(x), atol=1e-3)
 
@@ -40,7 +41,7 @@ def test_multi_scale_resizes_in_and_out() -> None:
     with torch.no_grad():
         small = F.interpolate(model(F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)), size=(16, 16), mode="bilinear", align_corners=False)
         expected = (small + model(x)) / 2
-        out = predict_logits(model, x, scales=(0.5, 1.0))
+        out = network_logits(model, x, TTA(scales=(0.5, 1.0)))
     assert out.shape == (1, 2, 16, 16)
     assert torch.allclose(out, expected, atol=1e-6)
 
@@ -50,13 +51,13 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_model(size, window) -
     model = pointwise_model()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
-        assert torch.allclose(predict_logits(model, x, slide=window), model(x), atol=1e-5)
+        assert torch.allclose(network_logits(model, x, TTA(window=window)), model(x), atol=1e-5)
 
 
 def test_windows_cover_the_image_flush_with_the_end() -> None:
-    assert _window_starts(100, 40, 27) == [0, 27, 54, 60]
-    assert _window_starts(40, 40, 27) == [0]
-    assert _window_starts(30, 40, 27) == [0]
+    assert window_starts(100, 40, 27) == [0, 27, 54, 60]
+    assert window_starts(40, 40, 27) == [0]
+    assert window_starts(30, 40, 27) == [0]
 
 
 def test_sliding_window_counts_each_window_once() -> None:
@@ -67,18 +68,19 @@ def test_sliding_window_counts_each_window_once() -> None:
             calls.append(tuple(x.shape[-2:]))
             return x[:, :1] * 0 + 1
 
-    out = predict_logits(Spy(), torch.randn(1, 3, 64, 100), slide=32, slide_overlap=0.5)
+    out = network_logits(Spy(), torch.randn(1, 3, 64, 100), TTA(window=32, overlap=0.5))
     assert torch.allclose(out, torch.ones_like(out))
-    assert len(calls) == len(_window_starts(64, 32, 16)) * len(_window_starts(100, 32, 16))
+    assert len(calls) == len(window_starts(64, 32, 16)) * len(window_starts(100, 32, 16))
     assert set(calls) == {(32, 32)}
 
 
+@pytest.mark.slow
 def test_efficientdet_with_all_augmentations_keeps_the_input_size() -> None:
     torch.manual_seed(0)
     model = create_model("efficientdet_d0_seg", num_classes=4, bifpn_channels=16, head_channels=16).eval()
     x = torch.randn(1, 3, 70, 90)
     with torch.no_grad():
-        out = predict_logits(model, x, flip=True, scales=(0.75, 1.25), slide=64)
+        out = network_logits(model, x, TTA(flip=True, scales=(0.75, 1.25), window=64))
     assert out.shape == (1, 4, 70, 90) and torch.isfinite(out).all()
 
 
@@ -86,8 +88,8 @@ def test_bad_arguments() -> None:
     model = pointwise_model()
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(ValueError, match="scale factors must be positive"):
-        predict_logits(model, x, scales=(0.0,))
-    with pytest.raises(ValueError, match="slide must be"):
-        predict_logits(model, x, slide=(8, 8, 8))
+        network_logits(model, x, TTA(scales=(0.0,)))
+    with pytest.raises(ValueError, match="window must be"):
+        network_logits(model, x, TTA(window=(8, 8, 8)))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        predict_logits(model, x[0])
+        network_logits(model, x[0])

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from effdetseg import load_model
+from effdetseg import load_model, read_record
 from effdetseg.cli import main as cli_main
+
+pytestmark = pytest.mark.slow  # training runs, seconds to minutes each
 
 # D0's BiFPN and head, narrowed, on a small timm backbone (any timm feature extractor plugs in)
 # and 64×64 scenes: seconds per epoch on a CPU.
@@ -45,8 +47,11 @@ def test_train_writes_the_experiment_and_evaluate_reproduces_its_validation(tmp_
     assert history[1]["global_step"] == 4 and all(math.isfinite(h["train_loss"]) for h in history)
 
     last = torch.load(run / "last.pth", weights_only=True)
-    assert {"model_config", "model", "optimizer", "scheduler", "ema", "rng", "epoch", "global_step"} <= set(last)
-    assert last["epoch"] == 2 and last["labels"]["names"][0] == "background"
+    assert {"record", "model", "optimizer", "scheduler", "ema", "rng", "epoch", "global_step"} <= set(last)
+    record = read_record(run / "last.pth")
+    assert last["epoch"] == 2 and record.labels.names[0] == "background" and record.provenance.epoch == 2
+    assert record.preprocessing.size == (64, 64) and record.provenance.data == "synthetic"
+    assert record.provenance.config["train"]["num_epochs"] == 2 and record.provenance.command[:2] == ("effdetseg", "train")
     model = load_model(run / "best.pth")
     assert model.model_config["bifpn_channels"] == 16 and model.model_config["backbone"] == "mobilenetv3_small_050"
     assert model(torch.zeros(1, 3, 40, 56)).shape == (1, 6, 40, 56)
@@ -64,17 +69,17 @@ def test_train_writes_the_experiment_and_evaluate_reproduces_its_validation(tmp_
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3] and history[2]["global_step"] == 6
     last = torch.load(run / "last.pth", weights_only=True)
-    assert last["scheduler"]["lr_lambdas"][0]["total_steps"] == 6
+    assert last["scheduler"]["total_steps"] == 6
     assert any(not torch.equal(weights_after_2[k], v) for k, v in last["model"].items())  # lr was not 0
 
     # evaluate on the same validation set gives the validation's numbers (same confusion matrix).
-    best = torch.load(run / "best.pth", weights_only=True)
+    best = read_record(run / "best.pth").provenance.metrics
     assert cli_main(["evaluate", "--checkpoint", str(run / "best.pth"), "--no-progress"]) == 0
     report = json.loads((run / "eval_best_synthetic.json").read_text())
-    assert report["pixels"] == best["metrics"]["pixels"] == 3 * 64 * 64
-    assert report["miou"] == pytest.approx(best["metrics"]["miou"], abs=1e-6)
-    assert report["per_class"] == best["metrics"]["per_class"]
-    assert report["confusion_matrix"] == best["metrics"]["confusion_matrix"]
+    assert report["pixels"] == best["pixels"] == 3 * 64 * 64
+    assert report["miou"] == pytest.approx(best["miou"], abs=1e-6)
+    assert report["per_class"] == best["per_class"]
+    assert report["confusion_matrix"] == best["confusion_matrix"]
     assert "mIoU" in capsys.readouterr().out
 
     # Test-time augmentation and sliding windows run and are recorded.

@@ -8,7 +8,7 @@ import timm
 import torch
 
 import effdetseg
-from effdetseg.checkpoint import load_model, read_model_config, save_model
+from effdetseg.io.record import load_model, read_record, save_model
 from effdetseg.cli import main as cli
 from effdetseg.errors import EffdetsegError
 from effdetseg.models.weights import WeightsError, convert_lukemelas_to_timm, read_state_dict
@@ -63,13 +63,14 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path: Path, lite0_weights: Pa
         effdetseg.create_model("efficientdet_d0_seg", backbone_pretrained=pickled)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_checkpoint_round_trip_rebuilds_the_model(tmp_path: Path, suffix: str) -> None:
     torch.manual_seed(0)
     model = effdetseg.create_model("efficientdet_d0_seg_p2", num_classes=4, bifpn_channels=24).eval()
     path = tmp_path / f"model{suffix}"
     save_model(model, path)
-    assert read_model_config(path) == {"name": "efficientdet_d0_seg_p2", "num_classes": 4, "bifpn_channels": 24}
+    assert read_record(path).architecture.config() == {"name": "efficientdet_d0_seg_p2", "num_classes": 4, "bifpn_channels": 24}
     restored = load_model(path)
     x = torch.randn(1, 3, 96, 80)
     with torch.no_grad():
@@ -77,6 +78,7 @@ def test_checkpoint_round_trip_rebuilds_the_model(tmp_path: Path, suffix: str) -
     assert not list(tmp_path.glob(".*.tmp")), "the temporary file was renamed, not left behind"
 
 
+@pytest.mark.slow
 def test_wrong_checkpoint_fails_clearly(tmp_path: Path) -> None:
     path = tmp_path / "five.pth"
     save_model(effdetseg.create_model("efficientdet_d0_seg", num_classes=5), path)

@@ -1,8 +1,19 @@
 """effdetseg: semantic segmentation with EfficientDet (EfficientNet + BiFPN over P2–P7)."""
-from .checkpoint import load_model, save_model
+from .deploy.predictor import Predictor
+from .deploy.prepare import prepare_for_inference
+from .io.record import ModelRecord, load_model, read_record, save_model
 from .models import create_model, list_models
-from .predictor import Predictor
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "load_model", "save_model", "Predictor", "__version__"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "load_model",
+    "save_model",
+    "read_record",
+    "ModelRecord",
+    "Predictor",
+    "prepare_for_inference",
+    "__version__",
+]

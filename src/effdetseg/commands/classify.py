@@ -1,18 +1,11 @@
 """``effdetseg classify``: top-k classes of one image with an (EfficientNet) classifier."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import timm
-import torch
-from PIL import Image
-
-from ..checkpoint import read_model_config
-from ..data.image_io import read_image
-from ..data.labels import read_labels_json
 from ..errors import EffdetsegError
-from ..models import create_model
+from ..io.labels import read_labels_json
+from .args import ArgumentParser, add_device, positive
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -29,32 +22,57 @@ def read_class_names(path: Path) -> list[str]:
     raise EffdetsegError(f"{path}: expected a list of names or an id → name mapping")
 
 
-def build_classifier(name: str, num_classes: int, weights: Path | None) -> torch.nn.Module:
-    if weights is not None and read_model_config(weights) is not None:
-        from ..checkpoint import load_model
+def build_classifier(name: str, num_classes: int, weights: Path | None):
+    """The classifier of an effdetseg model file, or ``name`` with timm/EfficientNet-PyTorch weights."""
+    from ..io.record import SEGMENTATION_FAMILIES, build_model, read_model_file
+    from ..models import create_model, model_family
 
-        return load_model(weights)
-    return create_model(name, num_classes=num_classes, pretrained=weights if weights is not None else False)
+    if weights is not None:
+        file = read_model_file(weights)
+        if file.record is not None:
+            if file.record.architecture.is_segmentation:
+                raise EffdetsegError(f"{weights}: {file.record.architecture.name!r} is a segmentation model; use `effdetseg predict`")
+            return build_model(file)
+    if model_family(name) in SEGMENTATION_FAMILIES:
+        raise EffdetsegError(f"--model: {name!r} is a segmentation model; use `effdetseg predict`")
+    try:
+        return create_model(name, num_classes=num_classes, pretrained=weights if weights is not None else False)
+    except EffdetsegError:
+        raise
+    except Exception as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EffdetsegError(f"--model {name!r}: {message}") from None
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="effdetseg classify", description="Print the top-5 classes of an image.")
+    parser = ArgumentParser(prog="effdetseg classify", description="Print the top-5 classes of an image.")
     parser.add_argument("--data", type=Path, required=True, help="image file")
     parser.add_argument("--model", default="efficientnet_b0", help="efficientnet_b0 … b7 or any timm classifier")
     parser.add_argument("--resolution", type=int, default=None, help="input size (default: the model's pretrained config)")
-    parser.add_argument("--num_classes", type=int, default=1000)
+    parser.add_argument("--num-classes", "--num_classes", dest="num_classes", type=int, default=1000)
     parser.add_argument("--labels", type=Path, default=None, help="class names JSON (default: ImageNet names from timm)")
     parser.add_argument("--weights", type=Path, default=None, help="state dict (timm or EfficientNet-PyTorch naming) or effdetseg checkpoint")
-    parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--top-k", "--topk", dest="topk", type=int, default=5, help="classes to print (default: 5)")
+    add_device(parser)
     args = parser.parse_args(argv)
+    positive("--resolution", args.resolution, 32)
+    positive("--num-classes", args.num_classes)
+    positive("--top-k", args.topk)
 
+    import timm
+    import torch
+    from PIL import Image
+
+    from ..data.image_io import read_image
+    from ..devices import resolve_device
+
+    device = resolve_device(args.device)
     image = Image.fromarray(read_image(args.data))
-    model = build_classifier(args.model, args.num_classes, args.weights).to(args.device).eval()
+    model = build_classifier(args.model, args.num_classes, args.weights).to(device).eval()
     # Mean/std, interpolation and crop come from timm's pretrained config for this model.
     overrides = {"input_size": (3, args.resolution, args.resolution)} if args.resolution else {}
     data_config = timm.data.resolve_data_config(overrides, model=model)
-    x = timm.data.create_transform(**data_config)(image).unsqueeze(0).to(args.device)
+    x = timm.data.create_transform(**data_config)(image).unsqueeze(0).to(device)
     with torch.inference_mode():
         probs = model(x).float().softmax(-1)[0]
 

@@ -10,21 +10,23 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .args import ArgumentParser
+
 PREPARABLE = ("coco_voc", "voc_aug")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="effdetseg data", description="Download, prepare or check a dataset.")
+    parser = ArgumentParser(prog="effdetseg data", description="Download, prepare or check a dataset.")
     sub = parser.add_subparsers(dest="action", required=True, metavar="{check,prepare,download}")
 
     check = sub.add_parser("check", help="scan a dataset: samples per split, class pixel frequencies, every problem")
-    check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=voc data.root=PATH")
+    check.add_argument("overrides", nargs="*", help="data overrides, e.g. data=voc data.root=PATH")
     check.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to scan (default: train val)")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     prepare = sub.add_parser("prepare", help="build derived files once (coco_voc masks, voc_aug masks from SBD)")
     prepare.add_argument("dataset", choices=PREPARABLE)
-    prepare.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=PATH")
+    prepare.add_argument("overrides", nargs="*", help="data overrides, e.g. data.root=PATH")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     download = sub.add_parser("download", help="download an official archive, verify its checksum, extract it")
@@ -37,19 +39,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from ..configs.compose import compose
     from ..data.check import check_dataset, format_report
-    from ..data.config import compose_config
 
-    data_cfg = compose_config(args.overrides).data
+    data_cfg = compose(args.overrides, section="data").data
     reports = check_dataset(data_cfg, tuple(args.splits), progress=not args.no_progress)
     print(format_report(data_cfg, reports))
     return 1 if any(r.problems for r in reports) else 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from ..data.config import compose_config
+    from ..configs.compose import compose
 
-    data_cfg = compose_config([f"data={args.dataset}", *args.overrides]).data
+    data_cfg = compose([f"data={args.dataset}", *args.overrides], section="data").data
     if args.dataset == "coco_voc":
         from ..data.coco import prepare_coco_voc
 

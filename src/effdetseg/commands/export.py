@@ -1,36 +1,33 @@
 """``effdetseg export``: a checkpoint → ONNX or TorchScript (BN folded, dynamic sizes), then a parity check.
 
-The parity check runs the written file (onnxruntime for ONNX) and the PyTorch checkpoint on a real
-image, at two input sizes and batch sizes, and prints the max absolute logit difference and the
-fraction of pixels whose argmax agrees. The command fails (exit 1) unless every agreement is
-≥ 99.9 %; the file is left in place for inspection.
+The parity check runs the written file (onnxruntime for ONNX) and the PyTorch checkpoint through
+the same inference path, on ``--image`` or else on a generated scene (no file needed), at two input
+sizes and batch sizes, and prints the max absolute logit difference and the fraction of pixels
+whose argmax agrees. The command fails (exit 1) unless every agreement is ≥ 99.9 %; the file is
+left in place for inspection.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import EffdetsegError
-from .outputs import ensure_output_folder
+from .args import ArgumentParser, add_device, add_model_source
 
-DEFAULT_PARITY_IMAGE = Path("../shared/data/voc2012_sample/JPEGImages/2007_000033.jpg")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="effdetseg export",
         description="Export a checkpoint to ONNX or TorchScript with BatchNorm folded and dynamic "
-        "batch/height/width, then check the file against PyTorch on a real image.",
+        "batch/height/width, then check the file against PyTorch.",
     )
-    parser.add_argument("--checkpoint", help="effdetseg checkpoint (.pth/.pt/.safetensors) with its model config")
-    parser.add_argument("--weights", help="bare state dict (the original's model.pth); needs --model and --num_classes")
-    parser.add_argument("--model", help="model name, with --weights")
-    parser.add_argument("--num_classes", type=int, help="number of classes, with --weights (checked against a checkpoint)")
+    add_model_source(parser, exported=False)
     parser.add_argument("--format", choices=("onnx", "torchscript"), help="default: from --output's suffix, else onnx")
-    parser.add_argument("--output", help="file to write (default: the checkpoint's name with .onnx / .torchscript.pt)")
+    parser.add_argument("--output", "--output_name", help="file to write (default: the checkpoint's name with .onnx / .torchscript.pt)")
     parser.add_argument(
         "--exporter",
         choices=("dynamo", "legacy"),
@@ -39,13 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(torch.export-based; about a minute for D0 on 2 CPU cores); both write dynamic shapes (default: legacy)",
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
-    parser.add_argument("--image", help=f"real image for the parity check (default: {DEFAULT_PARITY_IMAGE})")
+    parser.add_argument("--image", help="image for the parity check (default: a generated scene, no file needed)")
     parser.add_argument(
         "--resolution",
         type=int,
-        help="size the parity image is resized to, also recorded in the file for `predict` "
-        "(default: the checkpoint's training size, else 512)",
+        help="network input size N×N recorded in the file for `predict` and used by the parity check "
+        "(default: the checkpoint's preprocessing; 0 = original size)",
     )
+    add_device(parser, "where the parity check runs the exported file and PyTorch (the export itself traces on the CPU)")
     return parser
 
 
@@ -57,59 +55,62 @@ def _format_from_suffix(output: str | None) -> str:
     raise EffdetsegError(f"{output}: cannot tell the format from the suffix; pass --format onnx|torchscript")
 
 
-def _output_path(args: argparse.Namespace, source: Path, fmt: str) -> Path:
-    if args.output:
-        return Path(args.output)
-    name = source.name.split(".")[0]
-    return source.with_name(name + SUFFIXES[fmt])
+def _output_path(output: str | None, source: Path, fmt: str) -> Path:
+    if output:
+        return Path(output)
+    return source.with_name(source.name.split(".")[0] + SUFFIXES[fmt])
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..data.image_io import read_image
-    from ..export import export_metadata, export_onnx, export_torchscript, fold_batchnorm, parity_check
-    from ..predictor import Predictor
+    from ..deploy.export import export_onnx, export_torchscript, generated_parity_image, parity_check
+    from ..deploy.predictor import Predictor, check_segmentation
+    from ..deploy.prepare import fold_batchnorm
+    from ..devices import resolve_device
+    from ..io.files import ensure_output_folder
+    from ..io.record import ModelRecord, build_model, read_model_file
 
     if bool(args.checkpoint) == bool(args.weights):
-        raise EffdetsegError("give exactly one of --checkpoint PATH or --weights PATH (with --model and --num_classes)")
+        raise EffdetsegError("give exactly one of --checkpoint PATH or --weights PATH (with --model and --num-classes)")
+    if args.weights and not args.model:
+        raise EffdetsegError("--weights needs --model NAME (e.g. efficientdet_d4_seg)")
     source = Path(args.checkpoint or args.weights)
     if args.output and Path(args.output).is_dir():
         raise EffdetsegError(f"{args.output}: is a folder; --output must be a file name")
     fmt = args.format or _format_from_suffix(args.output)
-    output = _output_path(args, source, fmt)
+    output = _output_path(args.output, source, fmt)
+    if output.resolve() == source.resolve():
+        raise EffdetsegError(f"{output}: --output would overwrite the checkpoint")
     ensure_output_folder(output.parent)
-    image_path = Path(args.image) if args.image else DEFAULT_PARITY_IMAGE
-    if not image_path.is_file():
-        raise EffdetsegError(f"{image_path}: parity image not found; pass a real image with --image")
-    image = read_image(image_path)
+    device = resolve_device(args.device)
+    if args.image:
+        images, image_name = [read_image(args.image)], args.image
+    else:
+        images, image_name = [generated_parity_image()], "a generated scene"
 
-    predictor = Predictor(
-        source,
-        device="cpu",
-        backend="torch",
-        model_name=args.model,
-        num_classes=args.num_classes,
-        resolution=args.resolution,
-        channels_last=False,  # trace and compare in the default layout
-    )
-    model, preprocessing = predictor.model, predictor.preprocessing
-    print(f"model: {predictor.model_config.get('name')} ({predictor.num_classes} classes) from {source}")
+    file = read_model_file(source)
+    model = build_model(file, model_name=args.model, num_classes=args.num_classes)
+    record = file.record or ModelRecord.for_model(model)
+    check_segmentation(record, source)
+    record = replace(record, preprocessing=record.preprocessing.with_resolution(args.resolution))
+    print(f"model: {record.architecture.name} ({record.architecture.num_classes} classes) from {source}")
 
     started = time.perf_counter()
     folded, report = fold_batchnorm(model)
     print(f"{report.summary()}; max |Δ| after folding {report.max_abs_diff:.2g}")
     if report.unfolded:
         print(f"left unfolded: {', '.join(report.unfolded)}")
-    metadata = export_metadata(model, preprocessing, predictor.labels)
     if fmt == "onnx":
-        export_onnx(folded, output, metadata, exporter=args.exporter, opset=args.opset)
+        export_onnx(folded, output, record, exporter=args.exporter, opset=args.opset)
     else:
-        export_torchscript(folded, output, metadata)
+        export_torchscript(folded, output, record)
     size_mb = output.stat().st_size / 2**20
     print(f"wrote {output} ({fmt}, {size_mb:.1f} MiB) in {time.perf_counter() - started:.1f} s")
 
-    print(f"parity check against PyTorch on {image_path}:")
-    results = parity_check(model, output, image, preprocessing)
+    print(f"parity check against PyTorch on {image_name} ({record.preprocessing.describe()}):")
+    exported = Predictor(output, device=device)
+    results = parity_check(model, exported, images, record.preprocessing)
     for result in results:
         print(f"  {result}")
     if not all(result.passed for result in results):

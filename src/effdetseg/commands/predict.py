@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.image_io import IMAGE_EXTENSIONS
-from ..data.labels import LabelSet
+from ..io.labels import LabelSet
 from ..errors import EffdetsegError
-from .outputs import ensure_output_folder
+from ..io.files import ensure_output_folder
+from .args import ArgumentParser, add_device, add_model_source, add_tta, positive, tta_from_args
 
 
 @dataclass(frozen=True)
@@ -35,31 +36,32 @@ class OutputPaths:
     labels: Path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="effdetseg predict",
         description="Segment images with a checkpoint (or an exported ONNX/TorchScript file). Exit status: "
         "0 all written, 1 some images of a folder/glob were unreadable (the rest are written), 2 bad input.",
     )
     parser.add_argument("--data", required=True, help="an image, a folder of images, or a glob such as 'photos/*.jpg'")
-    parser.add_argument("--checkpoint", help="effdetseg checkpoint (config included), or an exported .onnx / TorchScript file")
-    parser.add_argument("--model", help="model name (with --weights), or an exported file (with --backend onnx|torchscript)")
-    parser.add_argument("--weights", help="weights for --model: a bare state dict (the original's model.pth) or a checkpoint")
-    parser.add_argument("--num_classes", type=int, help="number of classes (default: the checkpoint's; 21 for a bare state dict)")
-    parser.add_argument("--labels", help="labels JSON {\"0\": {\"class\": …, \"color\": [r, g, b]}, …} (default: VOC for 21 classes)")
+    add_model_source(parser)
+    parser.add_argument("--labels", help="labels JSON {\"0\": {\"class\": …, \"color\": [r, g, b]}, …} (default: the checkpoint's, else VOC for 21 classes)")
     parser.add_argument(
         "--resolution",
         type=int,
-        help="resize images to this square size before the network (default: the checkpoint's training "
-        "size, else 512; 0 = original size); outputs always have the original size",
+        help="resize images to this square size before the network (default: the checkpoint's preprocessing, "
+        "else 512; 0 = original size); outputs always have the original size",
     )
     parser.add_argument("--keep-aspect", action="store_true", help="resize the longer side to --resolution instead of a square")
-    parser.add_argument("--output", default="predictions", help="output folder, or an image file name for a single image (default: predictions)")
+    parser.add_argument(
+        "--output", "--output_name", default="predictions",
+        help="output folder, or an image file name for a single image (default: predictions)",
+    )
     parser.add_argument("--overlay", choices=("blend", "side"), default="blend", help="alpha-blended or side by side (default: blend)")
     parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the blended overlay (default: 0.5)")
     parser.add_argument("--no-legend", action="store_true", help="no legend on the overlay")
-    parser.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default: 4)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4, help="images per forward pass (default: 4)")
+    add_tta(parser)
+    add_device(parser)
     parser.add_argument("--backend", choices=("torch", "onnx", "torchscript"), help="default: from the model file")
     return parser
 
@@ -131,13 +133,7 @@ def _model_source(args: argparse.Namespace) -> tuple[Path, str | None]:
 def _label_set(path: str | None, num_classes: int, stored: LabelSet | None) -> LabelSet:
     """--labels, else the checkpoint's own, else VOC for 21 classes, CamVid for 11, generic names."""
     if path is None:
-        if stored is not None:
-            return stored
-        if num_classes == 21:
-            return LabelSet.voc()
-        if num_classes == 11:
-            return LabelSet.camvid()
-        return LabelSet.generic(num_classes)
+        return stored if stored is not None else LabelSet.default_for(num_classes)
     labels = LabelSet.from_json(path)
     if labels.num_classes != num_classes:
         raise EffdetsegError(f"{path}: {labels.num_classes} classes, but the model predicts {num_classes}")
@@ -146,15 +142,14 @@ def _label_set(path: str | None, num_classes: int, stored: LabelSet | None) -> L
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise EffdetsegError(f"--batch_size must be at least 1, got {args.batch_size}")
+    positive("--batch-size", args.batch_size)
     if not 0.0 <= args.alpha <= 1.0:
         raise EffdetsegError(f"--alpha must be in [0, 1], got {args.alpha}")
     from tqdm import tqdm
 
     from ..data.image_io import read_image
-    from ..predictor import Predictor
-    from ..visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
+    from ..deploy.predictor import Predictor
+    from ..deploy.visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
 
     images = find_images(args.data)
     plans = plan_outputs(images, Path(args.output))
@@ -170,12 +165,12 @@ def main(argv: list[str]) -> int:
         keep_aspect=args.keep_aspect,
         batch_size=args.batch_size,
     )
+    predictor.tta = tta_from_args(args, predictor.preprocessing.size)
     labels_set = _label_set(args.labels, predictor.num_classes, predictor.labels)
-    size = predictor.preprocessing.resolution
     print(
         f"model {predictor.model_config.get('name', source.name)} ({predictor.num_classes} classes, "
-        f"{predictor.backend} on {predictor.device}), input "
-        f"{'original size' if size is None else f'{size[0]}×{size[1]}'}{' keeping aspect' if args.keep_aspect else ''}"
+        f"{predictor.backend} on {predictor.device}), input {predictor.preprocessing.describe()}"
+        + ("" if predictor.tta.is_identity else f", {predictor.tta.describe()}")
     )
 
     failures: list[str] = []

@@ -1,4 +1,4 @@
-"""``effdetseg train [hydra overrides]``: train a segmentation model (see configs/train.yaml).
+"""``effdetseg train [overrides]``: train a segmentation model (see configs/train.yaml).
 
 Examples:
   effdetseg train                                   # D0 on synthetic shapes, a few minutes on a CPU
@@ -11,9 +11,11 @@ from __future__ import annotations
 import sys
 
 HELP = __doc__.replace("``", "") + """
-Overrides use Hydra's grammar: key=value, +new.key=value (a key the config does not have),
-data=PRESET (synthetic, voc, voc_aug, coco_voc, camvid, folder). `effdetseg train --cfg` prints
-the composed config and exits.
+Overrides use Hydra's grammar: key=value, +key=value (a new key in an open node such as
+train.model.overrides), data=PRESET (synthetic, voc, voc_aug, coco_voc, camvid, folder).
+`--device X` is device=X. allow_targets=[my.module.Class] trusts a _target_ that an experiment's
+config.yaml names beyond the built-in allowlist. `effdetseg train --cfg` prints the composed
+config and exits.
 """
 
 
@@ -23,21 +25,29 @@ def main(argv: list[str]) -> int:
         return 0
     from omegaconf import OmegaConf
 
-    from ..training.config import train_config
+    from ..errors import EffdetsegError
 
     show_config = "--cfg" in argv
-    overrides = [a for a in argv if a != "--cfg"]
-    unknown_flags = [a for a in overrides if a.startswith("-")]
-    if unknown_flags:
-        from ..errors import EffdetsegError
+    overrides: list[str] = []
+    args = iter(a for a in argv if a != "--cfg")
+    for arg in args:
+        if arg == "--device" or arg.startswith("--device="):
+            value = arg.partition("=")[2] if "=" in arg else next(args, None)
+            if not value:
+                raise EffdetsegError("--device needs a value (auto, cpu, cuda or cuda:N)")
+            overrides.append(f"device={value}")
+        elif arg.startswith("-"):
+            raise EffdetsegError(f"unknown option {arg}; train takes overrides (key=value) and --device, see --help")
+        else:
+            overrides.append(arg)
+    from ..engine.experiment import train_config
 
-        raise EffdetsegError(f"unknown option {unknown_flags[0]}; train takes Hydra overrides (key=value), see --help")
     cfg, resume_dir = train_config(overrides)
     if show_config:
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
-    from ..training.run import run_training
+    from ..engine.run import run_training
 
-    run_training(cfg, resume_dir)
+    run_training(cfg, resume_dir, command=["effdetseg", "train", *argv])
     sys.stdout.flush()
     return 0

@@ -1,6 +1,7 @@
-"""The data layer's entry points: ``build_dataset(data_cfg, split)`` and ``build_label_set(data_cfg)``.
+"""The data layer's entry points: ``build_dataset(data_cfg, split)``, ``dataset_splits(data_cfg)``
+and ``build_label_set(data_cfg)``.
 
-``data_cfg`` is the ``data`` node of the composed Hydra config (one of the presets in
+``data_cfg`` is the ``data`` node of the composed config (one of the presets in
 ``effdetseg/configs/data``). Its ``format`` key (default: its ``name``) picks the reader.
 """
 from __future__ import annotations
@@ -13,9 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from ..errors import EffdetsegError
-from .labels import IGNORE_INDEX, LabelSet, voc_colormap
-
-SPLITS = ("train", "val")
+from ..io.labels import IGNORE_INDEX, LabelSet, voc_colormap
+from .transforms import build_transform
 
 # format -> "module:function" building the dataset; each is imported only when used.
 FORMATS = {
@@ -69,17 +69,35 @@ def num_classes_of(data_cfg: DictConfig) -> int:
     return n
 
 
-def build_dataset(data_cfg: DictConfig | dict, split: str) -> Dataset:
-    """The ``split`` ("train" or "val") dataset of the configured preset, with its augmentation."""
+def dataset_splits(data_cfg: DictConfig | dict) -> tuple[str, ...]:
+    """The splits a preset defines: ``train`` and ``val`` for synthetic scenes; otherwise every
+    configured ``data.splits`` entry, and ``val`` held out of ``train`` by ``data.val_fraction``."""
     data_cfg = _as_config(data_cfg)
-    if split not in SPLITS:
-        raise EffdetsegError(f"split must be one of {SPLITS}, got {split!r}")
+    if data_format(data_cfg) == "synthetic":
+        return ("train", "val")
+    splits = [name for name, split in (data_cfg.get("splits") or {}).items() if split is not None]
+    if "val" not in splits and "train" in splits and data_cfg.get("val_fraction"):
+        splits.insert(splits.index("train") + 1, "val")
+    return tuple(splits)
+
+
+def build_dataset(data_cfg: DictConfig | dict, split: str, *, augment: bool | None = None, normalize: bool = True) -> Dataset:
+    """The ``split`` dataset of the configured preset (an ``AugmentedDataset``).
+
+    ``augment`` (default: ``split == "train"``) picks ``data.augmentation.train`` over ``.val``;
+    ``normalize=False`` leaves images uint8 for the inference path, which normalizes them itself.
+    """
+    data_cfg = _as_config(data_cfg)
+    available = dataset_splits(data_cfg)
+    if split not in available:
+        raise EffdetsegError(f"split {split!r} is not defined for data={data_cfg.get('name')} (splits: {', '.join(available)})")
     ignore = data_cfg.get("ignore_index", IGNORE_INDEX)
     if ignore != IGNORE_INDEX:
         raise EffdetsegError(f"data.ignore_index must be {IGNORE_INDEX}; remap other ignore values with data.label_map")
     module_name, func_name = FORMATS[data_format(data_cfg)].split(":")
     builder = getattr(importlib.import_module(module_name), func_name)
-    return builder(data_cfg, split)
+    transform = build_transform(data_cfg, augment=split == "train" if augment is None else augment, normalize=normalize)
+    return builder(data_cfg, split, transform)
 
 
 def build_label_set(data_cfg: DictConfig | dict) -> LabelSet:

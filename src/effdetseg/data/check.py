@@ -9,8 +9,10 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import EffdetsegError
-from .build import build_dataset, build_label_set, data_format
-from .labels import IGNORE_INDEX
+from .build import build_dataset, build_label_set, data_format, dataset_splits
+from .datasets import AugmentedDataset
+from .transforms import build_transform
+from ..io.labels import IGNORE_INDEX
 
 # Formats whose listing can report missing files without stopping at the first one.
 _OPEN_SPLIT = {
@@ -33,21 +35,14 @@ class SplitReport:
 class _Scan(Dataset):
     """Item i: (id, label histogram or None, problem or None), so workers can do the decoding."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: AugmentedDataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _id(self, index: int) -> str:
-        if hasattr(self.dataset, "samples"):
-            return self.dataset.samples[index].id
-        if hasattr(self.dataset, "sample_id"):
-            return self.dataset.sample_id(index)
-        return str(index)
-
     def __getitem__(self, index: int):
-        sample_id = self._id(index)
+        sample_id = self.dataset.sample_id(index)
         try:
             _, mask = self.dataset.load(index)
         except EffdetsegError as e:
@@ -57,11 +52,14 @@ class _Scan(Dataset):
         return sample_id, np.bincount(mask.ravel(), minlength=256), None
 
 
-def _open(data_cfg: DictConfig, split: str) -> tuple[Dataset, list[str]]:
+def _open(data_cfg: DictConfig, split: str) -> tuple[AugmentedDataset, list[str]]:
+    """The split's dataset (only ``load`` is used: no augmentation) and the missing files found."""
     module = _OPEN_SPLIT.get(data_format(data_cfg))
     if module is not None:
-        return importlib.import_module(module).open_split(data_cfg, split)
-    return build_dataset(data_cfg, split), []
+        if split not in dataset_splits(data_cfg):
+            raise EffdetsegError(f"split {split!r} is not defined for data={data_cfg.get('name')} (splits: {', '.join(dataset_splits(data_cfg))})")
+        return importlib.import_module(module).open_split(data_cfg, split, build_transform(data_cfg, augment=False))
+    return build_dataset(data_cfg, split, augment=False), []
 
 
 def check_split(data_cfg: DictConfig, split: str, num_workers: int = 0, progress: bool = False) -> SplitReport:

@@ -19,14 +19,14 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import atomic_write
+from ..io.files import atomic_write
 from ..errors import EffdetsegError
 from .build import num_classes_of, root_dir
-from .datasets import Sample, SegmentationFiles
+from .datasets import AugmentedDataset, Sample, SegmentationFiles
 from .files import resolve, split_config
 from .image_io import read_image
-from .labels import IGNORE_INDEX
-from .transforms import SegmentationTransform, build_transform
+from ..io.labels import IGNORE_INDEX
+from .transforms import SegmentationTransform
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _split_paths(data_cfg: DictConfig, split: str) -> tuple[Path, Path, Path]:
     return resolve(root, cfg["images"]), resolve(root, cfg["annotations"]), resolve(root, cfg["masks"])
 
 
-class CocoVoc(Dataset):
+class CocoVoc(AugmentedDataset):
     """COCO images with VOC masks rasterized on the fly (use ``data prepare coco_voc`` to do it once)."""
 
     def __init__(self, coco, image_dir: Path, image_ids: list[int], transform: SegmentationTransform) -> None:
@@ -103,11 +103,6 @@ class CocoVoc(Dataset):
     def sample_id(self, index: int) -> str:
         return Path(self.coco.imgs[self.image_ids[index]]["file_name"]).stem
 
-    def __getitem__(self, index: int) -> dict:
-        image, mask = self.load(index)
-        image_t, mask_t = self.transform(image, mask)
-        return {"image": image_t, "mask": mask_t, "id": self.sample_id(index)}
-
 
 def _read_index(mask_dir: Path, annotations: Path) -> dict[str, int] | None:
     """Labelled-pixel counts per image file name, if ``mask_dir`` was prepared from ``annotations``."""
@@ -128,13 +123,12 @@ def min_pixels_for(data_cfg: DictConfig, split: str) -> int:
     return int(data_cfg.get("min_labelled_pixels", 1000)) if split == "train" else 0
 
 
-def build_coco_voc(data_cfg: DictConfig, split: str) -> Dataset:
+def build_coco_voc(data_cfg: DictConfig, split: str, transform: SegmentationTransform) -> Dataset:
     if num_classes_of(data_cfg) != 21:
         raise EffdetsegError(f"data.num_classes must be 21 for coco_voc (background + 20 VOC classes), got {data_cfg.num_classes}")
     image_dir, annotations, mask_dir = _split_paths(data_cfg, split)
     if not image_dir.is_dir():
         raise EffdetsegError(f"data.splits.{split}.images: {image_dir} is not a directory")
-    transform = build_transform(data_cfg, split)
     min_pixels = min_pixels_for(data_cfg, split)
 
     prepared = _read_index(mask_dir, annotations)

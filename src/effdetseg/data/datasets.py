@@ -1,7 +1,10 @@
-"""Image/mask files as a map-style dataset, and ``collate_pad`` for batches of mixed sizes.
+"""The dataset protocol, image/mask files as a dataset, and collation of batches of mixed sizes.
 
-Images are decoded per item (no preloading) and masks stay uint8 through augmentation; items are
-``{"image": float32 3×H×W, "mask": int64 H×W (255 = ignore), "id": str}``.
+Every dataset of the data layer is an ``AugmentedDataset``: ``load(i)`` gives the untransformed
+(image, mask) pair, items are ``{"image": float32 3×H×W (normalized; uint8 when built with
+normalize=False), "mask": int64 H×W (255 = ignore), "id": str}``, and ``set_epoch(epoch, seed)``
+is the seeding hook the training loader calls before every epoch. Images are decoded per item
+(no preloading) and masks stay uint8 through augmentation.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import EffdetsegError
 from .image_io import read_image, read_mask
-from .labels import IGNORE_INDEX
+from ..io.labels import IGNORE_INDEX
 from .transforms import SegmentationTransform
 
 MaskReader = Callable[[Path], np.ndarray]
@@ -73,7 +76,36 @@ def load_pair(
     return image, mask
 
 
-class SegmentationFiles(Dataset):
+class AugmentedDataset(Dataset):
+    """Items are ``transform(*load(i))`` with their id; subclasses implement ``load`` and ``sample_id``.
+
+    Albumentations pipelines keep their own random generators, which neither torch nor NumPy
+    seeds reach, and every DataLoader worker starts with a copy of the same state. The training
+    loader therefore calls ``set_epoch(epoch, seed)`` before each epoch, in each worker (or in the
+    process itself without workers), with a seed drawn from (run seed, epoch, rank, worker): the
+    augmentation differs across workers and epochs, and an epoch replays exactly on resume.
+    """
+
+    transform: SegmentationTransform
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed (image uint8 H×W×3, mask uint8 H×W) pair, for checks and statistics."""
+        raise NotImplementedError
+
+    def sample_id(self, index: int) -> str:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.load(index)
+        image_t, mask_t = self.transform(image, mask)
+        return {"image": image_t, "mask": mask_t, "id": self.sample_id(index)}
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Seed this epoch's augmentation (``epoch`` is there for datasets whose content changes with it)."""
+        self.transform.set_seed(seed)
+
+
+class SegmentationFiles(AugmentedDataset):
     """Image/mask file pairs, decoded, checked and transformed per item."""
 
     def __init__(
@@ -94,13 +126,10 @@ class SegmentationFiles(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The untransformed (image, mask) pair, for checks and statistics."""
         return load_pair(self.samples[index], self.num_classes, self.mask_reader, self.lookup)
 
-    def __getitem__(self, index: int) -> dict:
-        image, mask = self.load(index)
-        image_t, mask_t = self.transform(image, mask)
-        return {"image": image_t, "mask": mask_t, "id": self.samples[index].id}
+    def sample_id(self, index: int) -> str:
+        return self.samples[index].id
 
 
 def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -134,3 +163,9 @@ def collate_pad(items: Sequence[dict]) -> dict:
         images[i, :, :h, :w] = item["image"]
         masks[i, :h, :w] = item["mask"]
     return {"image": images, "mask": masks, "id": [str(item["id"]) for item in items], "size": sizes}
+
+
+def collate_list(items: Sequence[dict]) -> dict:
+    """Batch items of different sizes without padding: ``{"image": [3×H×W], "mask": [H×W], "id": [str]}``
+    (for the inference path, which batches images of equal network-input size itself)."""
+    return {key: [item[key] for item in items] for key in ("image", "mask", "id")}

@@ -13,8 +13,8 @@ from .build import build_label_set, num_classes_of, root_dir
 from .datasets import Sample, SegmentationFiles
 from .files import find_pairs, raise_problems, split_by_fraction, split_config
 from .image_io import read_image, read_mask
-from .labels import IGNORE_INDEX, LabelSet
-from .transforms import build_transform, to_container
+from ..io.labels import IGNORE_INDEX, LabelSet
+from .transforms import SegmentationTransform, to_container
 
 
 def read_color_mask(path: Path, labels: LabelSet) -> np.ndarray:
@@ -58,12 +58,12 @@ def folder_samples(data_cfg: DictConfig, split: str) -> tuple[list[Sample], list
     return samples, problems
 
 
-def open_split(data_cfg: DictConfig, split: str) -> tuple[SegmentationFiles, list[str]]:
+def open_split(data_cfg: DictConfig, split: str, transform: SegmentationTransform) -> tuple[SegmentationFiles, list[str]]:
     """The dataset of the pairs found, and the problems (missing files) met on the way."""
     samples, problems = folder_samples(data_cfg, split)
     dataset = SegmentationFiles(
         samples,
-        build_transform(data_cfg, split),
+        transform,
         num_classes_of(data_cfg),
         mask_reader=mask_reader_for(data_cfg),
         label_map=to_container(data_cfg.get("label_map")),
@@ -71,8 +71,8 @@ def open_split(data_cfg: DictConfig, split: str) -> tuple[SegmentationFiles, lis
     return dataset, problems
 
 
-def build_folder(data_cfg: DictConfig, split: str) -> Dataset:
-    dataset, problems = open_split(data_cfg, split)
+def build_folder(data_cfg: DictConfig, split: str, transform: SegmentationTransform) -> Dataset:
+    dataset, problems = open_split(data_cfg, split, transform)
     raise_problems(problems, f"data={data_cfg.get('name')} split {split}")
     return dataset
 

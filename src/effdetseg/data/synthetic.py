@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from ..errors import EffdetsegError
 from .build import num_classes_of, require
-from .transforms import SegmentationTransform, build_transform
+from .datasets import AugmentedDataset
+from .transforms import SegmentationTransform
 
 # Outline polygons on the unit circle, scaled and rotated per object.
 _Poly = list[tuple[float, float]]
@@ -150,7 +151,7 @@ def check_shapes(shapes: Sequence[str], num_classes: int, key: str = "data") -> 
         )
 
 
-class SyntheticShapes(Dataset):
+class SyntheticShapes(AugmentedDataset):
     """``length`` procedural scenes; item ``i`` is the same for the same seed on every run and worker."""
 
     def __init__(
@@ -183,13 +184,11 @@ class SyntheticShapes(Dataset):
             self.seed, index, self.height, self.width, self.shapes, self.objects_per_image, self.radius_range, self.max_rotation
         )
 
-    def __getitem__(self, index: int) -> dict:
-        image, mask = self.load(index)
-        image_t, mask_t = self.transform(image, mask)
-        return {"image": image_t, "mask": mask_t, "id": f"synthetic_{self.seed}_{index:06d}"}
+    def sample_id(self, index: int) -> str:
+        return f"synthetic_{self.seed}_{index:06d}"
 
 
-def build_synthetic(data_cfg: DictConfig, split: str) -> Dataset:
+def build_synthetic(data_cfg: DictConfig, split: str, transform: SegmentationTransform) -> Dataset:
     shapes = list(require(data_cfg, "shapes"))
     check_shapes(shapes, num_classes_of(data_cfg))
     # Scenes are drawn at the training size itself: no resize step.
@@ -208,4 +207,4 @@ def build_synthetic(data_cfg: DictConfig, split: str) -> Dataset:
         raise EffdetsegError(f"data.max_rotation must be in 0…180 degrees, got {max_rotation}")
     length = int(require(data_cfg, f"{split}_samples"))
     seed = int(require(data_cfg, "seed" if split == "train" else "val_seed"))
-    return SyntheticShapes(length, seed, height, width, shapes, build_transform(data_cfg, split), objects, radius, max_rotation)
+    return SyntheticShapes(length, seed, height, width, shapes, transform, objects, radius, max_rotation)

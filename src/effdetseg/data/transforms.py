@@ -1,8 +1,8 @@
 """Albumentations pipelines declared in the data config.
 
 ``data.augmentation.train`` and ``data.augmentation.val`` are lists of transforms, each a mapping
-with a ``_target_`` (``albumentations.HorizontalFlip``, …) and its arguments, built with Hydra's
-``instantiate``. Normalization is not part of those lists: it comes from ``data.normalize`` and is
+with a ``_target_`` (``albumentations.HorizontalFlip``, …) and its arguments, built by the config
+layer's ``instantiate`` (only allowed targets: see :mod:`effdetseg.configs.targets`). Normalization is not part of those lists: it comes from ``data.normalize`` and is
 always the last step, so every pipeline yields the same input statistics the model expects.
 """
 from __future__ import annotations
@@ -14,18 +14,22 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ..configs.targets import instantiate
 from ..errors import EffdetsegError
 
 
 class SegmentationTransform:
-    """Callable (image uint8 H×W×3, mask uint8 H×W) -> (float32 3×H×W tensor, int64 H×W tensor)."""
+    """Callable (image uint8 H×W×3, mask uint8 H×W) -> (float32 3×H×W tensor, int64 H×W tensor);
+    the image stays uint8 when the pipeline does not normalize (the inference path does that)."""
 
     def __init__(self, pipeline: A.Compose, mask_size: tuple[int, int] | None = None) -> None:
         self.pipeline = pipeline
         self.mask_size = mask_size  # training only: the original's resize_mask_height × resize_mask_width
+
+    def set_seed(self, seed: int) -> None:
+        self.pipeline.set_random_seed(seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.pipeline(image=image, mask=mask)
@@ -46,39 +50,38 @@ def _build_one(spec: Any, key: str) -> A.BasicTransform:
     target = str(spec["_target_"])
     if target.rsplit(".", 1)[-1] in ("Normalize", "ToTensorV2"):
         raise EffdetsegError(f"{key}: remove {target}; normalization comes from data.normalize and is added last")
-    try:
-        # _convert_="all": albumentations validates arguments with pydantic, which wants plain lists.
-        transform = instantiate(spec, _convert_="all")
-    except Exception as e:  # Hydra wraps import and argument errors; keep the first line, naming the key
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EffdetsegError(f"{key} ({target}): {message}") from None
+    transform = instantiate(spec, key)
     if not isinstance(transform, A.BasicTransform | A.BaseCompose):
         raise EffdetsegError(f"{key}: {target} is not an albumentations transform")
     return transform
 
 
-def build_pipeline(specs: Sequence[Any] | None, mean: Sequence[float], std: Sequence[float], key: str) -> A.Compose:
-    """The transforms in ``specs`` followed by Normalize(mean, std); ``key`` names the list in errors."""
+def build_pipeline(specs: Sequence[Any] | None, mean: Sequence[float] | None, std: Sequence[float] | None, key: str) -> A.Compose:
+    """The transforms in ``specs`` followed by Normalize(mean, std) (none when mean is None);
+    ``key`` names the list in errors."""
     if specs is None:
         specs = []
     if not isinstance(specs, (list, tuple, ListConfig)):
         raise EffdetsegError(f"{key}: expected a list of transforms, got {type(specs).__name__}")
     transforms = [_build_one(spec, f"{key}[{i}]") for i, spec in enumerate(specs)]
-    transforms.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+    if mean is not None and std is not None:
+        transforms.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     return A.Compose(transforms)
 
 
-def build_transform(data_cfg: DictConfig, split: str) -> SegmentationTransform:
-    """The configured pipeline for ``split`` ("train" or "val"), ending with normalization."""
-    normalize = data_cfg.get("normalize")
-    if normalize is None or "mean" not in normalize or "std" not in normalize:
+def build_transform(data_cfg: DictConfig, augment: bool, normalize: bool = True) -> SegmentationTransform:
+    """The configured pipeline: ``data.augmentation.train`` when ``augment``, else ``.val``; then
+    normalization with ``data.normalize`` unless ``normalize=False`` (uint8 images out)."""
+    split = "train" if augment else "val"
+    stats = data_cfg.get("normalize")
+    if stats is None or "mean" not in stats or "std" not in stats:
         raise EffdetsegError("data.normalize: expected {mean: [r, g, b], std: [r, g, b]}")
-    mean, std = list(normalize.mean), list(normalize.std)
+    mean, std = list(stats.mean), list(stats.std)
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise EffdetsegError(f"data.normalize: mean and std need 3 values each, std > 0; got mean={mean} std={std}")
     augmentation = data_cfg.get("augmentation") or {}
     specs = augmentation.get(split) if isinstance(augmentation, (Mapping, DictConfig)) else None
-    pipeline = build_pipeline(specs, mean, std, key=f"data.augmentation.{split}")
+    pipeline = build_pipeline(specs, mean if normalize else None, std if normalize else None, key=f"data.augmentation.{split}")
 
     # The original's resize_mask_* keys: only when they differ from the image size does the
     # training mask get its own nearest-neighbour resize (by default they are equal: a no-op).
@@ -86,7 +89,7 @@ def build_transform(data_cfg: DictConfig, split: str) -> SegmentationTransform:
     prep = data_cfg.get("preprocessing") or {}
     image_size = (prep.get("resize_height"), prep.get("resize_width"))
     wanted = (prep.get("resize_mask_height"), prep.get("resize_mask_width"))
-    if split == "train" and all(wanted) and wanted != image_size:
+    if augment and all(wanted) and wanted != image_size:
         mask_size = (int(wanted[0]), int(wanted[1]))
     return SegmentationTransform(pipeline, mask_size)
 

@@ -10,12 +10,12 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_write
+from ..io.files import atomic_write
 from ..errors import EffdetsegError
 from .build import num_classes_of, root_dir
 from .datasets import Sample, SegmentationFiles, invalid_labels
 from .files import find_pairs, raise_problems, read_id_list, resolve, split_config
-from .transforms import build_transform
+from .transforms import SegmentationTransform
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +27,22 @@ def voc_samples(data_cfg: DictConfig, split: str) -> tuple[list[Sample], list[st
     return find_pairs(root_dir(data_cfg), split_config(data_cfg, split), f"data.splits.{split}")
 
 
-def open_split(data_cfg: DictConfig, split: str) -> tuple[SegmentationFiles, list[str]]:
+def open_split(data_cfg: DictConfig, split: str, transform: SegmentationTransform) -> tuple[SegmentationFiles, list[str]]:
     """The dataset of the listed ids found, and the problems (ids without image or mask)."""
     samples, problems = voc_samples(data_cfg, split)
-    return SegmentationFiles(samples, build_transform(data_cfg, split), num_classes_of(data_cfg)), problems
+    return SegmentationFiles(samples, transform, num_classes_of(data_cfg)), problems
 
 
-def build_voc(data_cfg: DictConfig, split: str) -> Dataset:
-    dataset, problems = open_split(data_cfg, split)
+def build_voc(data_cfg: DictConfig, split: str, transform: SegmentationTransform) -> Dataset:
+    dataset, problems = open_split(data_cfg, split, transform)
     raise_problems(problems, f"data={data_cfg.get('name')} split {split}")
     return dataset
 
 
-def build_voc_aug(data_cfg: DictConfig, split: str) -> Dataset:
+def build_voc_aug(data_cfg: DictConfig, split: str, transform: SegmentationTransform) -> Dataset:
     if data_cfg.get("sbd_root") and split == "train":
         prepare_voc_aug(data_cfg)
-    return build_voc(data_cfg, split)
+    return build_voc(data_cfg, split, transform)
 
 
 def read_sbd_mask(path: Path) -> np.ndarray:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.labels import LabelSet
+
 
 def _pyplot():
     import matplotlib
@@ -66,31 +68,25 @@ def plot_class_iou(names: Sequence[str], iou: Sequence[float], colors: Sequence[
     plt.close(fig)
 
 
-def colorize(mask: np.ndarray, colors: Sequence[Sequence[int]], ignore_index: int = 255, ignore_color: Sequence[int] = (224, 224, 192)) -> np.ndarray:
-    """Class-id map (H×W) → RGB uint8 (H×W×3) with the label set's colors."""
-    palette = np.zeros((256, 3), np.uint8)
-    palette[: len(colors)] = np.asarray(colors, np.uint8)
-    palette[ignore_index] = ignore_color
-    return palette[mask.astype(np.uint8)]
-
-
 def plot_prediction_grid(
     images: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
     predictions: Sequence[np.ndarray],
     ids: Sequence[str],
-    colors: Sequence[Sequence[int]],
-    names: Sequence[str],
+    labels: LabelSet,
     path: Path,
 ) -> None:
     """One row per image: image, ground truth, prediction; a legend of the classes below."""
     plt = _pyplot()
     from matplotlib.patches import Patch
 
+    from ..deploy.visualize import color_mask
+
+    names, colors = labels.names, labels.colors
     rows = len(images)
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows + 0.8), squeeze=False)
     for r, (image, target, pred, sample_id) in enumerate(zip(images, targets, predictions, ids)):
-        for c, (picture, title) in enumerate(((image, sample_id), (colorize(target, colors), "ground truth"), (colorize(pred, colors), "prediction"))):
+        for c, (picture, title) in enumerate(((image, sample_id), (color_mask(target, labels), "ground truth"), (color_mask(pred, labels), "prediction"))):
             axes[r, c].imshow(picture)
             axes[r, c].set_title(title, fontsize=9)
             axes[r, c].axis("off")
@@ -99,12 +95,6 @@ def plot_prediction_grid(
     fig.tight_layout(rect=(0, 0.6 / (3 * rows + 0.8), 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """A normalized 3×H×W float image back to H×W×3 uint8 (Normalize used max_pixel_value 255)."""
-    rgb = image.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
-    return np.clip(rgb * 255, 0, 255).astype(np.uint8)
 
 
 def _pct(value: float | None) -> float:

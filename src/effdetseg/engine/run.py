@@ -9,12 +9,13 @@ from omegaconf import DictConfig
 from ..errors import EffdetsegError
 from . import experiment as exp
 from .distributed import broadcast_object, cleanup_distributed, init_distributed
-from .engine import Trainer, TrainResult
+from .trainer import Trainer, TrainResult
 
 
-def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> TrainResult | None:
+def run_training(cfg: DictConfig, resume_dir: Path | None = None, command: list[str] | None = None) -> TrainResult | None:
     """Train as configured; on rank 0 print the best epoch's per-class table and the files written.
 
+    ``command`` (the command line) is recorded in the checkpoints' provenance.
     Returns the result on rank 0, None on other ranks.
     """
     ctx = init_distributed(str(cfg.device))
@@ -23,7 +24,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> TrainResult
         if ctx.is_main:
             exp.save_config(cfg, experiment_dir)
         try:
-            trainer = Trainer(cfg, ctx, experiment_dir, resume=resume_dir is not None)
+            trainer = Trainer(cfg, ctx, experiment_dir, resume=resume_dir is not None, command=command)
         except BaseException:
             # Nothing was trained: leave no half-made experiment that blocks reusing its name.
             if resume_dir is None and ctx.is_main:

@@ -1,7 +1,8 @@
-"""Training and evaluation: losses, dataset-level metrics, the loop, checkpoints, DDP and plots.
+"""Training and evaluation: losses, dataset-level metrics, schedules, the loop, training-state
+checkpoints, DDP and plots.
 
-Entry points: ``run_training(cfg)`` (what ``effdetseg train`` runs) and
-``training.evaluation.evaluate`` (shared by validation and ``effdetseg evaluate``).
+Entry points: ``engine.run.run_training(cfg)`` (what ``effdetseg train`` runs) and
+``engine.evaluate.evaluate`` (shared by validation and ``effdetseg evaluate``).
 """
 from .losses import RegionLoss, SegmentationLoss, build_loss
 from .metrics import ConfusionMatrix, SegmentationMetrics

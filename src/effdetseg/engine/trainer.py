@@ -3,6 +3,9 @@ checkpoints, logs and plots.
 
 One ``Trainer`` per process; under torchrun each process drives one device, gradients are
 averaged by DDP, the validation confusion matrix is summed over ranks and rank 0 writes files.
+Validation runs a prepared copy of the model (``prepare_for_inference``: BatchNorm folded) through
+the one inference path with the record's preprocessing, so it measures what ``predict`` and
+``evaluate`` will output for the checkpoint it writes.
 """
 from __future__ import annotations
 
@@ -24,24 +27,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .. import __version__
 from ..data import build_dataset, build_label_set
+from ..deploy.inference import segment
+from ..deploy.prepare import prepare_for_inference
+from ..devices import slow_bf16_warning
 from ..errors import EffdetsegError
+from ..io.record import Architecture, ModelRecord, Preprocessing, Provenance, read_model_file, unwrap, write_model_file
 from . import experiment as exp
 from .builders import build_model, build_optimizer, build_scheduler, steps_per_epoch
-from .checkpointing import (
-    BEST,
-    LAST,
-    checkpoint_metadata,
-    cpu_state_dict,
-    load_optimizer_state,
-    load_training_state,
-    rng_state,
-    save_training_state,
-    set_rng_state,
-)
+from .checkpoints import BEST, LAST, load_optimizer_state, load_training_state, rng_state, set_rng_state
 from .distributed import DistributedContext, all_reduce_mean, broadcast_buffers
-from .evaluation import evaluate
-from .loaders import TrainLoader, val_loader
+from .evaluate import evaluate
+from .loaders import TrainLoader, derive_seed, val_loader
 from .losses import build_loss
 from .metrics import SegmentationMetrics
 
@@ -77,6 +75,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def training_preprocessing(data_cfg: DictConfig) -> Preprocessing:
+    """The record's preprocessing of a training run: the training size, the augmentation preset's
+    resize mode for inference (``data.augmentation.inference_resize``) and ``data.normalize``."""
+    prep = data_cfg.preprocessing
+    return Preprocessing(
+        size=(int(prep.resize_height), int(prep.resize_width)),
+        resize=data_cfg.augmentation.inference_resize,
+        mean=tuple(float(v) for v in data_cfg.normalize.mean),
+        std=tuple(float(v) for v in data_cfg.normalize.std),
+    )
+
+
 def resolve_amp(train_cfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, use GradScaler): fp16 + scaler on CUDA, bf16 on CPU by default."""
     if not train_cfg.amp:
@@ -91,8 +101,11 @@ def resolve_amp(train_cfg: DictConfig, device: torch.device) -> tuple[torch.dtyp
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, ctx: DistributedContext, experiment_dir: Path, resume: bool) -> None:
+    def __init__(
+        self, cfg: DictConfig, ctx: DistributedContext, experiment_dir: Path, resume: bool, command: list[str] | None = None
+    ) -> None:
         self.cfg = cfg
+        self.command = command
         self.ctx = ctx
         self.device = ctx.device
         self.dir = experiment_dir
@@ -107,7 +120,8 @@ class Trainer:
         self.num_classes = int(cfg.train.model.num_classes)
         self.ignore_index = int(cfg.data.ignore_index)
         self.train_set = build_dataset(cfg.data, "train")
-        self.val_set = build_dataset(cfg.data, "val")
+        self.val_set = build_dataset(cfg.data, "val", normalize=False)  # uint8: the inference path normalizes
+        self.preprocessing = training_preprocessing(cfg.data)
 
         self.model = build_model(cfg.train.model).to(self.device)
         self.channels_last = bool(cfg.train.channels_last)
@@ -132,8 +146,11 @@ class Trainer:
         self.val_loader = val_loader(self.val_set, int(cfg.validation.batch_size), int(cfg.validation.num_workers), ctx)
         self.accumulation = int(cfg.train.loss.accumulation_iter)
         self.steps_per_epoch = steps_per_epoch(len(self.train_loader), self.accumulation)
-        self.scheduler, self.scheduler_per_step = build_scheduler(cfg.train.scheduler, self.optimizer, self.num_epochs, self.steps_per_epoch)
+        self.scheduler, self.schedule = build_scheduler(cfg.train.scheduler, self.optimizer, self.num_epochs, self.steps_per_epoch)
         self.amp_dtype, use_scaler = resolve_amp(cfg.train, self.device)
+        warning = slow_bf16_warning(self.device, self.amp_dtype, "train.amp=true")
+        if warning:
+            self.log(warning)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.clip = cfg.train.clip_grad_norm
 
@@ -159,17 +176,12 @@ class Trainer:
             if self.ctx.is_main:
                 self.history = exp.read_history(self.dir, 0)
             return
-        state = load_training_state(path)
-        self.model.load_state_dict(state["model"])
+        file = load_training_state(path)
+        state = file.training_state
+        self.model.load_state_dict(file.state_dict)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
-            # The position in the schedule comes from the checkpoint; its shape from the current
-            # config, so `resume=… train.num_epochs=40` stretches a warm-up/poly schedule.
-            lambdas = [fn for fn in getattr(self.scheduler, "lr_lambdas", []) if hasattr(fn, "__dict__")]
-            shapes = [dict(vars(fn)) for fn in lambdas]
             self.scheduler.load_state_dict(state["scheduler"])
-            for fn, shape in zip(lambdas, shapes):
-                vars(fn).update(shape)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
@@ -181,8 +193,8 @@ class Trainer:
         rng_list = rng if isinstance(rng, list) else [rng]
         if len(rng_list) == self.ctx.world_size:
             set_rng_state(rng_list[self.ctx.rank])
-        else:  # a different number of processes: the data order still follows (seed, epoch)
-            seed_everything(int(self.cfg.seed) + self.ctx.rank + 7919 * self.start_epoch)
+        else:  # a different number of processes: seeded by (seed, epoch, rank) like the data order
+            seed_everything(derive_seed(int(self.cfg.seed), self.start_epoch, self.ctx.rank))
         if self.ctx.is_main:
             self.history = exp.read_history(self.dir, self.start_epoch)
         self.log(f"resumed {self.dir} after epoch {self.start_epoch} (optimizer step {self.global_step})")
@@ -195,10 +207,25 @@ class Trainer:
             return states
         return [state]
 
-    def _metadata(self) -> dict[str, Any]:
-        prep = self.cfg.data.get("preprocessing") or {}
-        size = (prep.get("resize_height"), prep.get("resize_width"))
-        return checkpoint_metadata(self.model, self.labels, self.cfg.data.normalize, size if all(size) else None)
+    def _record(self, epoch: int, weights: str, metrics: SegmentationMetrics | None = None) -> ModelRecord:
+        """The record of the weights being written (see :mod:`effdetseg.io.record`)."""
+        from omegaconf import OmegaConf
+
+        return ModelRecord(
+            Architecture.of(self.model),
+            self.preprocessing,
+            self.labels,
+            Provenance(
+                data=str(self.cfg.data.name),
+                epoch=epoch,
+                global_step=self.global_step,
+                weights=weights,
+                metrics=metrics.to_dict(self.labels.names, with_matrix=True) if metrics is not None else None,
+                config=OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+                command=tuple(self.command) if self.command else None,
+                effdetseg_version=__version__,
+            ),
+        )
 
     def _save_last(self, epoch: int) -> None:
         broadcast_buffers(self.model)  # collective: every rank takes part
@@ -207,31 +234,21 @@ class Trainer:
         rng = self._gather_rng()
         if not self.ctx.is_main:
             return
-        state = {
-            **self._metadata(),
-            "model": cpu_state_dict(self.model),
+        training_state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "ema": cpu_state_dict(self.ema.module) if self.ema is not None else None,
+            "ema": {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema is not None else None,
             "epoch": epoch,
             "global_step": self.global_step,
             "best": self.best,
             "rng": rng,
         }
-        save_training_state(self.dir / LAST, state)
+        write_model_file(self.dir / LAST, self._record(epoch, "model"), self.model.state_dict(), training_state)
 
     def _save_best(self, module: nn.Module, epoch: int, source: str, metrics: SegmentationMetrics) -> None:
-        if not self.ctx.is_main:
-            return
-        state = {
-            **self._metadata(),
-            "model": cpu_state_dict(module),
-            "epoch": epoch,
-            "source": source,
-            "metrics": metrics.to_dict(self.labels.names, with_matrix=True),
-        }
-        save_training_state(self.dir / BEST, state)
+        if self.ctx.is_main:
+            write_model_file(self.dir / BEST, self._record(epoch, source, metrics), unwrap(module).state_dict())
 
     # ------------------------------------------------------------------ loop
 
@@ -276,7 +293,7 @@ class Trainer:
             seen += images.shape[0] * self.ctx.world_size
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}", lr=f"{self._lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
-        if self.scheduler is not None and not self.scheduler_per_step:
+        if self.scheduler is not None and not self.schedule.per_step:
             self.scheduler.step()
         elapsed = time.perf_counter() - start
         result = {"train_loss": loss_sum / max(batches, 1), "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
@@ -293,20 +310,21 @@ class Trainer:
         self.global_step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
-        if self.scheduler is not None and self.scheduler_per_step:
+        if self.scheduler is not None and self.schedule.per_step:
             self.scheduler.step()
         if self.writer is not None and self.global_step % max(1, int(self.cfg.train.log_every)) == 0:
             self.writer.add_scalar("train/lr", self._lr(), self.global_step)
 
     def validate(self, module: nn.Module, name: str) -> SegmentationMetrics:
+        """Metrics of ``module`` on the validation set, through the inference path of ``predict``;
+        a prepared copy runs (the module being trained is not changed)."""
         matrix = evaluate(
-            module,
+            prepare_for_inference(module, self.device),
             self.val_loader,
             self.num_classes,
-            self.device,
+            self.preprocessing,
             ignore_index=self.ignore_index,
             amp_dtype=self.amp_dtype,
-            channels_last=self.channels_last,
             progress=self.progress,
             description=f"validate ({name})",
         )
@@ -391,29 +409,26 @@ class Trainer:
             names, best_metrics.iou, colors, self.dir / "per_class_iou.png",
             f"per-class IoU, best epoch {self.best['epoch']} ({self.best['source']}): mIoU {_pct(best_metrics.miou)}",
         )
-        best_state = torch.load(self.dir / BEST, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(best_state["model"])
+        self.model.load_state_dict(read_model_file(self.dir / BEST).state_dict)
         self._prediction_grid(self.model, self.dir / "val_grid.png")
         return ["config.yaml", LAST, BEST, exp.METRICS, exp.LOG, "tensorboard/", "curves.png", "per_class_iou.png", "val_grid.png"]
 
-    @torch.no_grad()
     def _prediction_grid(self, module: nn.Module, path: Path) -> None:
         from . import plots
 
         count = min(int(self.cfg.validation.grid_images), len(self.val_set))
         if count <= 0:
             return
-        module.eval()
-        mean, std = list(self.cfg.data.normalize.mean), list(self.cfg.data.normalize.std)
-        images, targets, predictions, ids = [], [], [], []
-        for index in range(count):
-            item = self.val_set[index]
-            logits = module(item["image"].unsqueeze(0).to(self.device))
-            predictions.append(logits.argmax(1)[0].cpu().numpy())
-            images.append(plots.denormalize(item["image"].numpy(), mean, std))
-            targets.append(item["mask"].numpy())
-            ids.append(str(item["id"]))
-        plots.plot_prediction_grid(images, targets, predictions, ids, self.labels.colors, self.labels.names, path)
+        items = [self.val_set[index] for index in range(count)]
+        results = segment(prepare_for_inference(module, self.device), [item["image"] for item in items], self.preprocessing)
+        plots.plot_prediction_grid(
+            [item["image"].permute(1, 2, 0).numpy() for item in items],
+            [item["mask"].numpy() for item in items],
+            [result.labels.cpu().numpy() for result in results],
+            [str(item["id"]) for item in items],
+            self.labels,
+            path,
+        )
 
 
 def _pct(value: float | None) -> str:

@@ -1,4 +1,4 @@
-"""Model, optimizer and scheduler from the ``train`` config (``_target_`` nodes via Hydra)."""
+"""Model, optimizer and scheduler from the ``train`` config (``_target_`` nodes, allowed targets only)."""
 from __future__ import annotations
 
 import math
@@ -6,17 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from ..checkpoint import load_weights
+from ..io.record import SEGMENTATION_FAMILIES, load_weights, read_model_file
+from ..configs.targets import check_target, instantiate
 from ..errors import EffdetsegError
 from ..models import create_model, is_model, model_family
-from .schedulers import stepped_per_iteration
+from .schedulers import ScheduleKind, schedule_kind
 
-SEGMENTATION_FAMILIES = ("efficientdet_seg", "efficientdet_seg_p2", "unet")
 
 
 def build_model(model_cfg: DictConfig) -> nn.Module:
@@ -58,7 +57,7 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
         weights = Path(str(model_cfg.weights)).expanduser()
         if not weights.is_file():
             raise EffdetsegError(f"train.model.weights: {weights} not found")
-        load_weights(model, weights)
+        load_weights(model, read_model_file(weights).state_dict, weights)
     return model
 
 
@@ -66,31 +65,32 @@ def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module) -> torch.optim.
     """``train.optimizer`` with weight decay on conv/linear weights only (not norms and biases)."""
     weight_decay = float(optimizer_cfg.get("weight_decay", 0.0) or 0.0)
     params = param_groups_weight_decay(model, weight_decay=weight_decay)
+    # _partial_: Hydra would wrap the list of parameter groups into a DictConfig.
+    build = instantiate(optimizer_cfg, "train.optimizer", _partial_=True)
     try:
-        # _partial_: Hydra would wrap the list of parameter groups into a DictConfig.
-        return instantiate(optimizer_cfg, _partial_=True)(params)
+        return build(params)
     except Exception as e:
         raise EffdetsegError(f"train.optimizer ({optimizer_cfg.get('_target_')}): {_first_line(e)}") from None
 
 
 def build_scheduler(
     scheduler_cfg: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
-) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
-    """``train.scheduler`` and whether it steps per optimizer step (True) or per epoch (False)."""
+) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, ScheduleKind]:
+    """``train.scheduler`` and how the loop steps it (see :mod:`effdetseg.engine.schedulers`)."""
     if scheduler_cfg is None or scheduler_cfg.get("_target_") is None:
-        return None, False
+        return None, ScheduleKind(per_step=False, run_length=False)
+    from hydra.utils import get_class
+
+    name = check_target(str(scheduler_cfg._target_), "train.scheduler")
     try:
-        target = get_class(str(scheduler_cfg._target_))
+        target = get_class(name)
     except Exception as e:
         raise EffdetsegError(f"train.scheduler._target_: {_first_line(e)}") from None
-    per_step = stepped_per_iteration(target)
+    kind = schedule_kind(target)
     extra: dict[str, Any] = {"optimizer": optimizer}
-    if per_step:
+    if kind.run_length:
         extra.update(epochs=epochs, steps_per_epoch=steps_per_epoch)
-    try:
-        return instantiate(scheduler_cfg, **extra), per_step
-    except Exception as e:
-        raise EffdetsegError(f"train.scheduler ({scheduler_cfg._target_}): {_first_line(e)}") from None
+    return instantiate(scheduler_cfg, "train.scheduler", **extra), kind
 
 
 def steps_per_epoch(batches: int, accumulation: int) -> int:

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..configs.targets import instantiate
 from ..errors import EffdetsegError
 
 REGION_LOSS_TYPES = ("iou", "dice")
@@ -96,7 +96,7 @@ class SegmentationLoss(nn.Module):
 
 
 def build_loss(loss_cfg: DictConfig | Mapping[str, Any], num_classes: int) -> SegmentationLoss:
-    """The loss from ``train.loss``: ``distribution`` and ``region`` are built with ``instantiate``.
+    """The loss from ``train.loss``: ``distribution`` and ``region`` are built from their ``_target_``.
 
     ``distribution.weight`` may be a list of class weights (turned into a tensor); a node set to
     null (or a weight of 0) disables that term.
@@ -128,10 +128,4 @@ def _build_term(loss_cfg: DictConfig, key: str, num_classes: int) -> nn.Module |
             raise EffdetsegError(
                 f"train.loss.{key}.weight: {len(kwargs['weight'])} class weights for {num_classes} classes"
             )
-    try:
-        return instantiate(spec, **kwargs)
-    except Exception as e:
-        if isinstance(e.__cause__, EffdetsegError):
-            raise e.__cause__ from None
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EffdetsegError(f"train.loss.{key} ({spec.get('_target_')}): {message}") from None
+    return instantiate(spec, f"train.loss.{key}", **kwargs)

@@ -1,10 +1,12 @@
-"""Label sets: class names and colors, for masks, metrics tables and legends.
+"""Label sets: class names and colors, for masks, metrics tables, legends and the model record.
 
-The JSON format is the original project's: ``{"0": {"class": "background", "color": [0, 0, 0]}, …}``.
+One serialization, the original project's: ``{"0": {"class": "background", "color": [0, 0, 0]}, …}``,
+both in labels JSON files (``LabelSet.from_json``) and inside the model record (``to_dict``).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,33 +32,42 @@ class LabelSet:
     def num_classes(self) -> int:
         return len(self.names)
 
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{"0": {"class": NAME, "color": [R, G, B]}, …}``."""
+        return {str(i): {"class": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.names, self.colors))}
+
     @classmethod
-    def from_json(cls, path: str | Path) -> LabelSet:
-        path = Path(path)
-        raw = read_labels_json(path)
-        if not isinstance(raw, dict) or not raw:
-            raise EffdetsegError(f'{path}: expected {{"0": {{"class": NAME, "color": [R, G, B]}}, …}}')
+    def from_dict(cls, raw: Any, source: str | Path) -> LabelSet:
+        """The inverse of ``to_dict``; anything malformed is one error naming ``source``."""
+        if not isinstance(raw, Mapping) or not raw:
+            raise EffdetsegError(f'{source}: expected {{"0": {{"class": NAME, "color": [R, G, B]}}, …}}')
         try:
             ids = sorted(int(k) for k in raw)
-        except ValueError:
-            raise EffdetsegError(f"{path}: class ids must be integers, got {sorted(raw)}") from None
+        except (TypeError, ValueError):
+            raise EffdetsegError(f"{source}: class ids must be integers, got {sorted(map(str, raw))}") from None
         if ids != list(range(len(ids))):
-            raise EffdetsegError(f"{path}: class ids must be 0 … {len(ids) - 1} without gaps, got {ids}")
+            raise EffdetsegError(f"{source}: class ids must be 0 … {len(ids) - 1} without gaps, got {ids}")
         names, colors = [], []
         for i in ids:
-            entry = raw[str(i)]
-            if not isinstance(entry, dict) or "class" not in entry:
-                raise EffdetsegError(f'{path}: class {i} has no "class" name')
+            entry = raw[str(i)] if str(i) in raw else raw[i]
+            if not isinstance(entry, Mapping) or "class" not in entry:
+                raise EffdetsegError(f'{source}: class {i} has no "class" name')
             color = entry.get("color")
             if not (isinstance(color, list) and len(color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in color)):
-                raise EffdetsegError(f'{path}: class {i} ({entry["class"]}) has no valid "color" [R, G, B]')
+                raise EffdetsegError(f'{source}: class {i} ({entry["class"]}) has no valid "color" [R, G, B]')
             names.append(str(entry["class"]))
             colors.append(tuple(color))
         return cls(tuple(names), tuple(colors))
 
+    @classmethod
+    def from_json(cls, path: str | Path) -> LabelSet:
+        path = Path(path)
+        return cls.from_dict(read_labels_json(path), path)
+
     def to_json(self, path: str | Path) -> None:
-        data = {str(i): {"class": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.names, self.colors))}
-        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+        from .files import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def voc(cls) -> LabelSet:
@@ -71,6 +82,15 @@ class LabelSet:
         """Names ``class_0`` … and the VOC color map, for data without a labels file."""
         return cls(tuple(f"class_{i}" for i in range(num_classes)), tuple(voc_colormap(num_classes)))
 
+    @classmethod
+    def default_for(cls, num_classes: int) -> LabelSet:
+        """VOC's names for 21 classes, CamVid's for 11, generic names otherwise."""
+        if num_classes == 21:
+            return cls.voc()
+        if num_classes == 11:
+            return cls.camvid()
+        return cls.generic(num_classes)
+
 
 def read_labels_json(path: Path) -> Any:
     """Parse a labels JSON; a missing or malformed file is one error naming it."""
@@ -78,7 +98,7 @@ def read_labels_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise EffdetsegError(f"{path}: labels file not found") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise EffdetsegError(f"{path}: not a readable labels JSON ({e})") from None
 
 

@@ -1,21 +1,20 @@
 """DataLoaders for training and validation, with data order and augmentation fixed by (seed, epoch).
 
-Albumentations pipelines keep their own random generators, untouched by torch or NumPy seeds,
-and a DataLoader worker receives a copy of the same generator state (so two workers would draw
-the same augmentations). Each epoch therefore re-seeds every pipeline from (seed, epoch, rank,
-worker): augmentation differs across workers and epochs, and an epoch replays identically on
-resume. The dataset classes stay the data layer's; this module only finds their pipelines.
+The training order comes from a DistributedSampler seeded by (seed, epoch); the augmentation from
+the dataset's seeding hook, ``set_epoch(epoch, seed)`` (see :class:`effdetseg.data.AugmentedDataset`),
+which this loader calls before every epoch — in every worker with a seed drawn from
+(seed, epoch, rank, worker), or in the process itself without workers. Workers are started afresh
+each epoch, so their seeds follow the epoch, and a resumed epoch replays exactly.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..data import collate_pad
+from ..data import collate_list, collate_pad
 from ..errors import EffdetsegError
 from .distributed import DistributedContext, ShardSampler
 
@@ -25,39 +24,26 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
-def augmentation_pipelines(obj: object, depth: int = 0) -> Iterator[A.BaseCompose]:
-    """Albumentations pipelines held by a dataset (also inside Subset/ConcatDataset wrappers)."""
-    if isinstance(obj, A.BaseCompose):
-        yield obj
-        return
-    if depth > 3 or not hasattr(obj, "__dict__"):
-        return
-    for value in vars(obj).values():
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                if isinstance(item, Dataset):
-                    yield from augmentation_pipelines(item, depth + 1)
-        elif isinstance(value, (A.BaseCompose, Dataset)) or (
-            hasattr(value, "__dict__") and not isinstance(value, (torch.Tensor, np.ndarray, type))
-        ):
-            yield from augmentation_pipelines(value, depth + 1)
+def _set_epoch(dataset: Dataset, epoch: int, seed: int) -> None:
+    hook = getattr(dataset, "set_epoch", None)
+    if hook is not None:
+        hook(epoch, seed)
 
 
-def seed_augmentations(dataset: Dataset, seed: int) -> None:
-    for pipeline in augmentation_pipelines(dataset):
-        pipeline.set_random_seed(seed)
+class _WorkerSeeder:
+    """``worker_init_fn``: seeds Python, NumPy and the dataset's augmentation in each worker."""
 
+    def __init__(self) -> None:
+        self.epoch = 0  # set before each epoch's workers start (they copy this object)
 
-def _seed_worker(worker_id: int) -> None:
-    # torch.initial_seed() in a worker = the loader's per-epoch base seed + worker_id.
-    info = torch.utils.data.get_worker_info()
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    import random
-
-    random.seed(seed)
-    if info is not None:
-        seed_augmentations(info.dataset, derive_seed(seed, worker_id))
+    def __call__(self, worker_id: int) -> None:
+        # torch.initial_seed() in a worker = the loader generator's per-epoch base seed + worker_id.
+        seed = torch.initial_seed() % 2**32
+        np.random.seed(seed)
+        random.seed(seed)
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            _set_epoch(info.dataset, self.epoch, derive_seed(seed, worker_id))
 
 
 class TrainLoader:
@@ -76,6 +62,7 @@ class TrainLoader:
         # DistributedSampler also in one process: the order is a function of (seed, epoch) alone.
         self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True)
         self.generator = torch.Generator()
+        self.worker_seeder = _WorkerSeeder()
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -84,7 +71,7 @@ class TrainLoader:
             collate_fn=collate_pad,
             pin_memory=ctx.device.type == "cuda",
             drop_last=True,  # a last batch of one image breaks BatchNorm
-            worker_init_fn=_seed_worker if num_workers > 0 else None,
+            worker_init_fn=self.worker_seeder if num_workers > 0 else None,
             generator=self.generator,
             persistent_workers=False,  # fresh workers each epoch: their seeds follow the epoch
         )
@@ -96,19 +83,20 @@ class TrainLoader:
         self.sampler.set_epoch(epoch)
         epoch_seed = derive_seed(self.seed, epoch, self.ctx.rank)
         self.generator.manual_seed(epoch_seed)
+        self.worker_seeder.epoch = epoch
         if self.num_workers == 0:
-            seed_augmentations(self.dataset, epoch_seed)
+            _set_epoch(self.dataset, epoch, epoch_seed)
         return self.loader
 
 
 def val_loader(dataset: Dataset, batch_size: int, num_workers: int, ctx: DistributedContext) -> DataLoader:
-    """Every validation sample on exactly one rank (no padding duplicates), in order."""
+    """Every validation sample on exactly one rank (no padding duplicates), in order, as lists of
+    uint8 images at their own sizes (the inference path batches and normalizes them)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=ShardSampler(dataset, ctx.rank, ctx.world_size),
         num_workers=num_workers,
-        collate_fn=collate_pad,
-        pin_memory=ctx.device.type == "cuda",
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        collate_fn=collate_list,
+        pin_memory=False,
     )

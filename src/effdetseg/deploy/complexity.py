@@ -31,7 +31,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] = (512, 512), batch
 
 def model_complexity(name: str, input_size: tuple[int, int] = (512, 512), **kwargs: Any) -> dict[str, int]:
     """Params and MACs of a zoo variant, built directly on the meta device."""
-    from .models import create_model
+    from ..models import create_model
 
     with torch.device("meta"):
         model = create_model(name, **kwargs)

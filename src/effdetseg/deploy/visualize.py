@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .data.labels import LabelSet
-from .errors import EffdetsegError
+from ..io.labels import LabelSet
+from ..errors import EffdetsegError
 
 OVERLAY_MODES = ("blend", "side")
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..errors import EffdetsegError
+from ..devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -31,22 +31,6 @@ class DistributedContext:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → this process's CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EffdetsegError(f"device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EffdetsegError(f"device: {name} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def init_distributed(device_name: str = "auto") -> DistributedContext:

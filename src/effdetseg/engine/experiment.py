@@ -2,7 +2,8 @@
 
 ``experiments/<experiment_name>/`` holds config.yaml (resolved), last.pth, best.pth,
 metrics.jsonl (one JSON line per epoch), train.log, tensorboard/ and the plots. A new run never
-writes into an existing directory; ``resume=`` is the only way back into one.
+writes into an existing directory; ``resume=`` is the only way back into one, with the experiment's
+own config.yaml as the base of the config (``train_config``).
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import atomic_write
+from ..configs.compose import compose
 from ..errors import EffdetsegError
+from ..io.files import write_text_atomic
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -60,8 +62,7 @@ def resolve_resume_dir(resume: str) -> Path:
 
 
 def save_config(cfg: DictConfig, experiment_dir: Path) -> None:
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    atomic_write(experiment_dir / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    write_text_atomic(experiment_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def read_history(experiment_dir: Path, up_to_epoch: int) -> list[dict]:
@@ -83,8 +84,7 @@ def read_history(experiment_dir: Path, up_to_epoch: int) -> list[dict]:
 
 
 def write_history(experiment_dir: Path, history: Sequence[dict]) -> None:
-    text = "".join(json.dumps(record) + "\n" for record in history)
-    atomic_write(experiment_dir / METRICS, lambda tmp: Path(tmp).write_text(text))
+    write_text_atomic(experiment_dir / METRICS, "".join(json.dumps(record) + "\n" for record in history))
 
 
 def append_history(experiment_dir: Path, record: dict) -> None:
@@ -108,3 +108,48 @@ class Log:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(message + "\n")
+
+
+def train_config(overrides: Sequence[str]) -> tuple[DictConfig, Path | None]:
+    """The config of ``effdetseg train OVERRIDES`` and the experiment to resume (or None).
+
+    With ``resume=experiments/NAME`` the experiment's own config.yaml is the base (its data and
+    model are fixed); the other overrides apply on top, e.g. ``train.num_epochs=40`` to go on longer.
+    """
+    resume_value, others = None, []
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key.lstrip("+") == "resume":
+            resume_value = value
+        else:
+            others.append(text)
+    if resume_value and resume_value.lower() not in ("null", "none"):
+        experiment_dir = resolve_resume_dir(resume_value)
+        cfg = compose(others, base=experiment_dir / CONFIG)
+        cfg.resume = str(experiment_dir)
+        check_train_config(cfg)
+        return cfg, experiment_dir
+    cfg = compose(others)
+    check_train_config(cfg)
+    return cfg, None
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Ranges and consistency the types cannot say (the schema has checked the types)."""
+    positive = ("train.num_epochs", "train.loss.accumulation_iter", "validation.epoch_step", "data.batch_size",
+                "validation.batch_size", "train.model.num_classes")
+    for key in positive:
+        if OmegaConf.select(cfg, key) < 1:
+            raise EffdetsegError(f"{key} must be a positive integer, got {OmegaConf.select(cfg, key)}")
+    for key in ("data.num_workers", "validation.num_workers"):
+        if OmegaConf.select(cfg, key) < 0:
+            raise EffdetsegError(f"{key} must be a non-negative integer, got {OmegaConf.select(cfg, key)}")
+    clip = cfg.train.clip_grad_norm
+    if clip is not None and clip <= 0:
+        raise EffdetsegError(f"train.clip_grad_norm must be a positive number or null, got {clip}")
+    if cfg.train.model.num_classes != cfg.data.num_classes:
+        raise EffdetsegError(
+            f"train.model.num_classes ({cfg.train.model.num_classes}) differs from data.num_classes ({cfg.data.num_classes})"
+        )
+    if not cfg.train.optimizer or "_target_" not in cfg.train.optimizer:
+        raise EffdetsegError("train.optimizer needs a _target_ (e.g. torch.optim.AdamW)")
