@@ -20,6 +20,7 @@ from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_mask
 from effdetseg.deploy.predictor import Predictor
+from effdetseg.deploy.export import export_program
 from effdetseg.deploy.prepare import fold_batchnorm
 from effdetseg.io.record import METADATA_KEY
 
@@ -187,3 +188,19 @@ def test_export_bad_input(checkpoint: Path, tmp_path: Path, capsys) -> None:
         assert cli(["export", *argv]) == 2, message
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("effdetseg export: error: ") and message in err[0], err
+
+
+@pytest.mark.slow
+def test_torch_export_program_runs_at_other_sizes() -> None:
+    """One export with dynamic batch, height and width; the program matches eager at three other sizes."""
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0_seg", num_classes=5).eval()
+    randomize_batchnorm(model)
+    program = export_program(model).module()
+    with torch.no_grad():
+        for shape in [(1, 3, 64, 64), (1, 3, 129, 257), (3, 3, 200, 96)]:
+            x = torch.randn(*shape)
+            expected = model(x)
+            got = program(x)
+            assert got.shape == expected.shape == (shape[0], 5, *shape[2:])
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
