@@ -8,9 +8,11 @@ median of ``--repeats`` steps after ``--warmup``. Peak memory: on CUDA ``max_mem
 the CPU, where PyTorch has no allocator statistics, each model runs a few steps in a fresh
 subprocess, which resets its resident-set high-water mark after building the model (Linux
 ``/proc/self/clear_refs``) and reports how far it rose above the resident set during three steps
-(activations, gradients and optimizer state).
+(activations, gradients and optimizer state). ``--grad-checkpointing`` adds a third model: ours
+with ``set_grad_checkpointing()`` (``train.grad_checkpointing=true``), which recomputes activations
+in the backward pass: less memory for more time.
 
-    python benchmarks/train_step.py [--settings d0,d4] [--formats nchw,channels_last] [--repeats 5]
+    python benchmarks/train_step.py [--settings d0,d4] [--formats nchw,channels_last] [--repeats 5] [--grad-checkpointing]
                                     [--threads 2] [--device cpu|cuda] [--json FILE]
 """
 from __future__ import annotations
@@ -35,10 +37,12 @@ NUM_CLASSES = 21
 
 
 def build(kind: str, setting: dict) -> torch.nn.Module:
-    if kind == "ours":
+    if kind in ("ours", "ours_ckpt"):
         import effdetseg
 
-        return effdetseg.create_model(setting["ours"], num_classes=NUM_CLASSES)
+        model = effdetseg.create_model(setting["ours"], num_classes=NUM_CLASSES)
+        model.set_grad_checkpointing(kind == "ours_ckpt")
+        return model
     import segmentation_models_pytorch as smp
 
     return smp.FPN(encoder_name=setting["encoder"], encoder_weights=None, classes=NUM_CLASSES)
@@ -105,6 +109,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="also time ours with gradient checkpointing")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--json")
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
@@ -117,11 +122,12 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, fp32; forward + backward + AdamW")
     results = []
+    kinds = ("ours", "ours_ckpt", "fpn") if args.grad_checkpointing else ("ours", "fpn")
     for setting_name in args.settings.split(","):
         setting = SETTINGS[setting_name]
         for format_name in args.formats.split(","):
             torch.manual_seed(0)
-            steppers = {kind: Stepper(build(kind, setting), setting, FORMATS[format_name], device) for kind in ("ours", "fpn")}
+            steppers = {kind: Stepper(build(kind, setting), setting, FORMATS[format_name], device) for kind in kinds}
             times: dict[str, list[float]] = {kind: [] for kind in steppers}
             for _ in range(args.warmup):
                 for stepper in steppers.values():
@@ -143,6 +149,9 @@ def main() -> None:
                 "time_ratio": median["ours"] / median["fpn"],
                 "memory_ratio": memory["ours"] / memory["fpn"] if memory else None,
             }
+            if "ours_ckpt" in median:
+                row["ckpt_time_ratio"] = median["ours_ckpt"] / median["fpn"]
+                row["ckpt_memory_ratio"] = memory["ours_ckpt"] / memory["fpn"] if memory else None
             results.append(row)
             mem_text = (
                 f"   peak memory {memory['ours']:.0f} MB vs {memory['fpn']:.0f} MB (ratio {row['memory_ratio']:.2f})" if memory else ""
@@ -152,6 +161,9 @@ def main() -> None:
                 f"   ratio {row['time_ratio']:.2f}{mem_text}",
                 flush=True,
             )
+            if "ours_ckpt" in median:
+                ckpt_mem = f"   peak memory {memory['ours_ckpt']:.0f} MB (ratio {row['ckpt_memory_ratio']:.2f})" if memory else ""
+                print(f"   with gradient checkpointing: ours {median['ours_ckpt']:8.0f} ms   ratio {row['ckpt_time_ratio']:.2f}{ckpt_mem}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

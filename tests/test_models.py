@@ -166,3 +166,23 @@ def test_torchscript_scripting_matches_eager(name: str) -> None:
     x = torch.randn(1, 3, 100, 150)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_grad_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    model = build("efficientdet_d0_seg").train()
+    x = torch.randn(2, 3, 96, 128)
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        torch.manual_seed(1)
+        model(x).square().mean().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    assert model.bifpn[0].grad_checkpointing and model.head.grad_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and len(plain) > 100
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -77,6 +77,7 @@ class TrainSection:
     clip_grad_norm: Optional[float] = None
     channels_last: bool = False
     compile: bool = False
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     sync_batchnorm: bool = True
     log_every: int = 10
     progress: bool = True

@@ -127,6 +127,10 @@ class Trainer:
         self.channels_last = bool(cfg.train.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.train.grad_checkpointing:
+            if not hasattr(self.model, "set_grad_checkpointing"):
+                raise EffdetsegError(f"train.grad_checkpointing: {cfg.train.model.name} has no gradient checkpointing")
+            self.model.set_grad_checkpointing(True)
         if ctx.is_distributed and self.device.type == "cuda" and cfg.train.sync_batchnorm:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         ema_cfg = cfg.train.ema

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import ConvBn, FastNormalizedFusion, SeparableConv2d, batch_norm
 
@@ -150,11 +151,18 @@ class FpnLayer(nn.Module):
             ]
             self.nodes.append(FpnNodeBlock(node.inputs, edges, channels))
         self.outputs = list(topology.outputs)
+        self.grad_checkpointing = False
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         maps = list(features)
         for block in self.nodes:
-            maps.append(block([maps[i] for i in block.inputs]))
+            inputs = [maps[i] for i in block.inputs]
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                # Keep only each node's inputs; its resampled, fused and convolved maps (the wide
+                # P2-level ones dominate) are recomputed in the backward pass.
+                maps.append(checkpoint(block, inputs, use_reentrant=False))
+            else:
+                maps.append(block(inputs))
         return [maps[i] for i in self.outputs]
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import SeparableConvBnAct, crop_to, pad_to_multiple
 from .backbone import Backbone, Pretrained
@@ -58,7 +59,7 @@ def scaled_config(phi: int, extra_top_down: bool = True) -> EfficientDetSegConfi
     )
 
 
-class SegmentationHead(nn.Sequential):
+class SegmentationHead(nn.Module):
     """``head_layers`` × (separable conv, BN, swish) at P2, then a 1×1 classifier."""
 
     def __init__(self, in_channels: int, channels: int, num_layers: int, num_classes: int) -> None:
@@ -67,6 +68,14 @@ class SegmentationHead(nn.Sequential):
             *[SeparableConvBnAct(in_channels if i == 0 else channels, channels) for i in range(num_layers)]
         )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            x = checkpoint(self.layers, x, use_reentrant=False)
+        else:
+            x = self.layers(x)
+        return self.classifier(x)
 
 
 class TransposedConvUpsampler(nn.Sequential):
@@ -148,6 +157,15 @@ class EfficientDetSeg(nn.Module):
         else:
             raise ValueError(f"upsampler must be 'transposed' or 'bilinear', got {config.upsampler!r}")
         self.input_multiple = 2**config.max_level  # the stride of the coarsest level
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in training (timm's switch): the backbone's blocks, every BiFPN
+        and top-down node and the head keep only their inputs and recompute the rest in backward."""
+        self.backbone.body.set_grad_checkpointing(enable)
+        for module in self.modules():
+            if isinstance(module, (FpnLayer, SegmentationHead)):
+                module.grad_checkpointing = enable
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = pad_to_multiple(images, self.input_multiple)
