@@ -145,3 +145,22 @@ def test_experiments_are_never_overwritten(tmp_path) -> None:
     unnamed = compose([f"experiments_dir={tmp_path}"])
     first, second = create_experiment_dir(unnamed), create_experiment_dir(unnamed)
     assert first != second and first.name.startswith("efficientdet_d0_seg_synthetic_")
+
+
+def test_decoder_lr_scale_splits_backbone_and_decoder() -> None:
+    cfg = compose(["train.optimizer.lr=1e-3", "train.decoder_lr_scale=5"])
+    model = build_model(OmegaConf.create({"name": "efficientdet_d0_seg", "num_classes": 3, "backbone": "mobilenetv3_small_050",
+                                          "backbone_pretrained": False, "weights": None, "overrides": {}}))
+    optimizer = build_optimizer(cfg.train.optimizer, model, float(cfg.train.decoder_lr_scale))
+    backbone = {id(p) for p in model.backbone.parameters()}
+    seen = 0
+    for group in optimizer.param_groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert len(in_backbone) == 1  # no group mixes backbone and decoder
+        assert group["lr"] == pytest.approx(1e-3 if in_backbone.pop() else 5e-3)
+        seen += len(group["params"])
+    assert seen == len(list(model.parameters())) and len(optimizer.param_groups) == 4
+    scheduler, _ = build_scheduler(cfg.train.scheduler, optimizer, epochs=2, steps_per_epoch=5)
+    assert sorted(scheduler.base_lrs) == pytest.approx([1e-3, 1e-3, 5e-3, 5e-3])
+    with pytest.raises(EffdetsegError, match="decoder_lr_scale"):
+        build_optimizer(cfg.train.optimizer, torch.nn.Conv2d(3, 3, 1), 5.0)

@@ -77,6 +77,7 @@ class TrainSection:
     clip_grad_norm: Optional[float] = None
     channels_last: bool = False
     compile: bool = False
+    decoder_lr_scale: float = 1.0  # lr multiplier for all but the backbone (a new decoder on a pretrained backbone)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     sync_batchnorm: bool = True
     log_every: int = 10

@@ -61,16 +61,37 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
     return model
 
 
-def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``train.optimizer`` with weight decay on conv/linear weights only (not norms and biases)."""
+def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module, decoder_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """``train.optimizer`` with weight decay on conv/linear weights only (not norms and biases).
+
+    ``decoder_lr_scale``: everything but ``model.backbone`` (BiFPN, head: randomly initialised)
+    learns at ``lr × decoder_lr_scale``, the backbone (usually pretrained) at ``lr``.
+    """
     weight_decay = float(optimizer_cfg.get("weight_decay", 0.0) or 0.0)
     params = param_groups_weight_decay(model, weight_decay=weight_decay)
+    if decoder_lr_scale != 1.0:
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise EffdetsegError(f"train.decoder_lr_scale: {type(model).__name__} has no .backbone to tell apart")
+        params = _split_decoder_groups(params, backbone, float(optimizer_cfg.lr) * decoder_lr_scale)
     # _partial_: Hydra would wrap the list of parameter groups into a DictConfig.
     build = instantiate(optimizer_cfg, "train.optimizer", _partial_=True)
     try:
         return build(params)
     except Exception as e:
         raise EffdetsegError(f"train.optimizer ({optimizer_cfg.get('_target_')}): {_first_line(e)}") from None
+
+
+def _split_decoder_groups(groups: list[dict], backbone: nn.Module, decoder_lr: float) -> list[dict]:
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    split = []
+    for group in groups:
+        rest = {k: v for k, v in group.items() if k != "params"}
+        own = [p for p in group["params"] if id(p) in backbone_ids]
+        new = [p for p in group["params"] if id(p) not in backbone_ids]
+        split += [{"params": own, **rest}] if own else []
+        split += [{"params": new, **rest, "lr": decoder_lr}] if new else []
+    return split
 
 
 def build_scheduler(

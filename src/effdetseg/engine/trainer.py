@@ -142,7 +142,7 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
 
         self.criterion = build_loss(cfg.train.loss, self.num_classes).to(self.device)
-        self.optimizer = build_optimizer(cfg.train.optimizer, self.model)
+        self.optimizer = build_optimizer(cfg.train.optimizer, self.model, float(cfg.train.decoder_lr_scale))
         if cfg.train.model.optimizer_state and not resume:
             load_optimizer_state(self.optimizer, str(cfg.train.model.optimizer_state))
 
