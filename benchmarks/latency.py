@@ -3,8 +3,10 @@
 Each pair runs alternately in this one process (ours, FPN, ours, FPN, …), so a noisy machine slows
 both alike and the ratio holds. Both models run in the same memory format: channels-last (what
 `effdetseg predict` and `benchmark` use on CPU: oneDNN's depthwise convolutions are about twice as
-fast in NHWC) and, for reference, contiguous NCHW. Prints the median and p90 of each and the ratio
-ours/FPN.
+fast in NHWC) and contiguous NCHW (a plain ``create_model(...).eval()`` called with an NCHW tensor).
+In the channels-last round a third model runs too: ours as ``predict`` and ``Predictor`` run it
+(``effdetseg.prepare_for_inference``: BatchNorm folded, channels-last), against the FPN at its own
+best (channels-last, inference mode). Prints the median and p90 of each and the ratios ours/FPN.
 
     python benchmarks/latency.py [--resolution 512] [--repeats 9] [--warmup 2] [--threads N]
 """
@@ -48,13 +50,17 @@ def main() -> None:
         x = torch.randn(1, 3, args.resolution, args.resolution).contiguous(memory_format=memory_format)
         ours = effdetseg.create_model(ours_name, num_classes=args.num_classes).eval().to(memory_format=memory_format)
         fpn = smp.FPN(encoder_name=encoder, encoder_weights=None, classes=args.num_classes).eval().to(memory_format=memory_format)
-        times: dict[str, list[float]] = {"ours": [], "fpn": []}
+        models = {"ours": ours, "fpn": fpn}
+        if memory_format == torch.channels_last:
+            models["prepared"] = effdetseg.prepare_for_inference(ours, "cpu")
+        times: dict[str, list[float]] = {name: [] for name in models}
         with torch.inference_mode():
             for _ in range(args.warmup):
-                timed(ours, x), timed(fpn, x)
+                for model in models.values():
+                    timed(model, x)
             for _ in range(args.repeats):
-                times["ours"].append(timed(ours, x))
-                times["fpn"].append(timed(fpn, x))
+                for name, model in models.items():
+                    times[name].append(timed(model, x))
         med = {k: statistics.median(v) for k, v in times.items()}
         p90 = {k: statistics.quantiles(v, n=10)[-1] for k, v in times.items()}
         layout = "channels_last" if memory_format == torch.channels_last else "NCHW"
@@ -63,6 +69,11 @@ def main() -> None:
             f"smp FPN {encoder:22s} median {med['fpn'] * 1e3:8.1f} ms (p90 {p90['fpn'] * 1e3:7.1f})   "
             f"ratio ours/FPN {med['ours'] / med['fpn']:.2f}"
         )
+        if "prepared" in med:
+            print(
+                f"{'prepared':13s} {ours_name:22s} median {med['prepared'] * 1e3:8.1f} ms (p90 {p90['prepared'] * 1e3:7.1f})   "
+                f"as predict runs it, against the FPN above: ratio {med['prepared'] / med['fpn']:.2f}"
+            )
 
 
 if __name__ == "__main__":
