@@ -301,8 +301,14 @@ def _save(model, spec: RunSpec) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "model_config"):
         import effdetseg
+        from effdetseg.io.labels import LabelSet
+        from effdetseg.io.record import Preprocessing, ResizeMode
 
-        effdetseg.save_model(model.to(memory_format=torch.contiguous_format), path)
+        # The record says how the model was scored here: whole frames at their own size, Lite0's
+        # normalisation, CamVid's labels (predict, evaluate and export read it).
+        preprocessing = Preprocessing(size=(360, 480), resize=ResizeMode.original, mean=(MEAN,) * 3, std=(STD,) * 3)
+        effdetseg.save_model(model.to(memory_format=torch.contiguous_format), path,
+                             preprocessing=preprocessing, labels=LabelSet.camvid())
     else:
         torch.save(model.state_dict(), path)
 
