@@ -17,6 +17,7 @@ COMMANDS = {
     "benchmark": "params, GMACs, latency and memory of zoo models",
     "models": "table of every model variant",
     "data": "download, prepare or check a dataset",
+    "demo": "a local web page that segments a dropped image",
 }
 
 
