@@ -171,3 +171,18 @@ def test_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
         port = busy.getsockname()[1]
         assert cli(["demo", "--checkpoint", str(tmp_path / "missing.pth"), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_an_exported_onnx_file_serves_too(tmp_path: Path) -> None:
+    from effdetseg.export import export_metadata, export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0_seg", num_classes=3, bifpn_channels=16, head_channels=16).eval()
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, path, export_metadata(model, Predictor(model, device="cpu", resolution=64).preprocessing))
+    predictor = Predictor(path, device="cpu")
+    card = model_card(path, predictor)
+    assert card.startswith("# efficientdet_d0_seg") and "(onnx)" in card and "| input | 64×64 (square) |" in card
+    result = DemoModel(predictor, card, LIMITS).segment(encode(halves(40, 60)), "halves.png")
+    assert (result["width"], result["height"]) == (60, 40)
+    assert sum(c["share"] for c in result["classes"]) == pytest.approx(1.0)

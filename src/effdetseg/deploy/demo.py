@@ -141,10 +141,15 @@ class DemoModel:
             "card": self.card,
         }
 
+    def check_size(self, name: str, size: int) -> None:
+        if size > self.limits.max_bytes:
+            raise UploadError(
+                413, f"{name}: {size / 2**20:.1f} MB, more than the upload limit of {self.limits.max_bytes / 2**20:g} MB"
+            )
+
     def segment(self, data: bytes, name: str) -> dict[str, Any]:
         """Decode, predict, and describe the result; bad uploads raise ``UploadError``."""
-        if len(data) > self.limits.max_bytes:
-            raise UploadError(413, _too_many_bytes(name, len(data), self.limits.max_bytes))
+        self.check_size(name, len(data))
         try:
             image = decode_image(data, name, self.limits.max_pixels)
         except ImageTooLargeError as e:
@@ -167,10 +172,6 @@ class DemoModel:
             "image": _data_url(Image.fromarray(image), "JPEG"),
             "mask": _data_url(label_image(label_map, self.labels), "PNG"),
         }
-
-
-def _too_many_bytes(name: str, size: int, limit: int) -> str:
-    return f"{name}: {size / 2**20:.1f} MB, more than the upload limit of {limit / 2**20:g} MB"
 
 
 def build_app(model: DemoModel) -> Any:
@@ -199,8 +200,7 @@ def build_app(model: DemoModel) -> Any:
                 size += len(chunk)
                 if size <= model.limits.max_bytes:
                     chunks.append(chunk)
-            if size > model.limits.max_bytes:
-                raise UploadError(413, _too_many_bytes(name, size, model.limits.max_bytes))
+            model.check_size(name, size)
             return JSONResponse(await run_in_threadpool(model.segment, b"".join(chunks), name))
         except UploadError as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
