@@ -22,7 +22,7 @@ from effdetseg.data.synthetic import render_scene
 
 SHAPES = ("circle", "square", "triangle", "ring", "cross")  # the synthetic preset's classes
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,880")
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,1000")
 
 
 def main(checkpoint: str, output: str, seed: int = 7, index: int = 0) -> None:
