@@ -25,8 +25,9 @@ from PIL import Image
 from torch import nn
 
 from effdetseg import Predictor, create_model, save_model
-from effdetseg.data import LabelSet, read_image, read_mask
-from effdetseg.predictor import preprocess
+from effdetseg.data import read_image, read_mask
+from effdetseg.deploy.inference import preprocess
+from effdetseg.io.labels import LabelSet
 
 pytestmark = pytest.mark.slow
 

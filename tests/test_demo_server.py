@@ -22,12 +22,13 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the demo's optional dependencies: pip install 'effdetseg[demo]'")
 uvicorn = pytest.importorskip("uvicorn", reason="the demo's optional dependencies: pip install 'effdetseg[demo]'")
 
-from effdetseg import Predictor, create_model, save_model  # noqa: E402
+from effdetseg import ModelRecord, Predictor, create_model, save_model  # noqa: E402
 from effdetseg.cli import main as cli  # noqa: E402
-from effdetseg.data.labels import LabelSet  # noqa: E402
 from effdetseg.deploy.demo import DemoModel, UploadLimits, build_app, listen, model_card, url_of  # noqa: E402
-from effdetseg.training.checkpointing import checkpoint_metadata  # noqa: E402
-from effdetseg.training.metrics import SegmentationMetrics  # noqa: E402
+from effdetseg.deploy.export import export_onnx  # noqa: E402
+from effdetseg.engine.metrics import SegmentationMetrics  # noqa: E402
+from effdetseg.io.labels import LabelSet  # noqa: E402
+from effdetseg.io.record import Preprocessing, Provenance  # noqa: E402
 from test_predictor import DominantChannel, halves  # noqa: E402
 
 LIMITS = UploadLimits(max_bytes=200_000, max_pixels=1_000_000)
@@ -140,16 +141,16 @@ def test_model_card_summary_or_readme_beside_the_checkpoint(tmp_path: Path) -> N
     model = create_model("efficientdet_d0_seg", num_classes=3, bifpn_channels=16, head_channels=16)
     labels = LabelSet(("sky", "road", "car"), ((0, 0, 255), (128, 128, 128), (255, 0, 0)))
     matrix = torch.tensor([[8, 2, 0], [1, 9, 0], [0, 0, 0]])
-    metrics = SegmentationMetrics.from_matrix(matrix).to_dict(labels.names)
-    normalize = SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    path = tmp_path / "best.pth"  # what training writes: metadata, weights and validation metrics
-    torch.save({**checkpoint_metadata(model, labels, normalize, (96, 128)),
-                "model": model.state_dict(), "metrics": metrics}, path)
+    metrics = SegmentationMetrics.from_matrix(matrix).to_dict(labels.names, with_matrix=True)
+    path = tmp_path / "best.pth"  # what training writes: the record with the validation metrics, and the weights
+    save_model(model, path, preprocessing=Preprocessing(size=(96, 128), mean=(0.5,) * 3, std=(0.25,) * 3),
+               labels=labels, provenance=Provenance(data="camvid", epoch=7, weights="ema", metrics=metrics))
     predictor = Predictor(path, device="cpu")
-    assert predictor.metrics is not None and predictor.metrics["miou"] == pytest.approx(metrics["miou"])
     card = model_card(path, predictor)
     assert card.startswith("# efficientdet_d0_seg")
-    assert "| input | 96×128 (square) |" in card
+    assert "| bifpn channels | `16` |" in card and "| input | 96×128 |" in card
+    assert "| normalization | mean (0.500, 0.500, 0.500), std (0.250, 0.250, 0.250) |" in card
+    assert "| training data | camvid |" in card and "| epoch | 7 |" in card and "| weights | ema |" in card
     assert f"| mIoU | {100 * metrics['miou']:.2f} % |" in card
     assert f"| 0 | sky | #0000ff | {100 * metrics['per_class']['sky']['iou']:.2f} % |" in card
     assert "| 2 | car | #ff0000 | – |" in card  # never seen: no IoU
@@ -159,7 +160,8 @@ def test_model_card_summary_or_readme_beside_the_checkpoint(tmp_path: Path) -> N
     plain = tmp_path / "plain" / "d0.safetensors"
     save_model(model, plain)
     summary = model_card(plain, Predictor(plain, device="cpu"))
-    assert "Validation" not in summary and "| input | 512×512 (square) |" in summary and "| 1 | class_1 |" in summary
+    assert "Validation" not in summary and "epoch" not in summary
+    assert "| input | 512×512 |" in summary and "| 1 | class_1 |" in summary
 
 
 def test_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,15 +176,13 @@ def test_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_an_exported_onnx_file_serves_too(tmp_path: Path) -> None:
-    from effdetseg.export import export_metadata, export_onnx
-
     torch.manual_seed(0)
     model = create_model("efficientdet_d0_seg", num_classes=3, bifpn_channels=16, head_channels=16).eval()
     path = tmp_path / "tiny.onnx"
-    export_onnx(model, path, export_metadata(model, Predictor(model, device="cpu", resolution=64).preprocessing))
+    export_onnx(model, path, ModelRecord.for_model(model, preprocessing=Preprocessing(size=(64, 64))))
     predictor = Predictor(path, device="cpu")
     card = model_card(path, predictor)
-    assert card.startswith("# efficientdet_d0_seg") and "(onnx)" in card and "| input | 64×64 (square) |" in card
+    assert card.startswith("# efficientdet_d0_seg") and "(onnx)" in card and "| input | 64×64 |" in card
     result = DemoModel(predictor, card, LIMITS).segment(encode(halves(40, 60)), "halves.png")
     assert (result["width"], result["height"]) == (60, 40)
     assert sum(c["share"] for c in result["classes"]) == pytest.approx(1.0)

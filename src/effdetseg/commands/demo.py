@@ -6,24 +6,24 @@ legend with each class's share of the pixels, the model's time, and a model-card
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..errors import EffdetsegError
+from .args import ArgumentParser, add_device
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     from ..deploy.demo import UploadLimits
 
     defaults = UploadLimits()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="effdetseg demo",
         description="A local web page that segments an image dropped on it, with a checkpoint's model.",
     )
     parser.add_argument("--checkpoint", required=True, help="effdetseg checkpoint, or an exported .onnx / TorchScript file")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0 = any free port)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
+    add_device(parser)
     parser.add_argument("--max-upload-mb", type=float, default=defaults.max_bytes / 2**20,
                         help=f"largest upload in MB (default: {defaults.max_bytes / 2**20:g})")
     parser.add_argument("--max-megapixels", type=float, default=defaults.max_pixels / 1e6,

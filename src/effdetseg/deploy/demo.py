@@ -27,10 +27,11 @@ import numpy as np
 from PIL import Image
 
 from ..data.image_io import ImageTooLargeError, decode_image
-from ..data.labels import LabelSet
 from ..errors import EffdetsegError
-from ..predictor import DEFAULT_RESOLUTION, Predictor
-from ..visualize import label_image, present_classes
+from ..io.labels import LabelSet
+from ..io.record import DEFAULT_INPUT_SIZE, ResizeMode
+from .predictor import Predictor
+from .visualize import label_image, present_classes
 
 PAGE = Path(__file__).with_name("demo.html")
 log = logging.getLogger("effdetseg.demo")
@@ -54,38 +55,37 @@ class UploadError(Exception):
 
 
 def shown_labels(predictor: Predictor) -> LabelSet:
-    """The checkpoint's label set, else the one ``effdetseg predict`` uses for that many classes."""
-    return predictor.labels or LabelSet.default(predictor.num_classes)
+    """The record's label set, else the one ``effdetseg predict`` uses for that many classes."""
+    return predictor.labels or LabelSet.default_for(predictor.num_classes)
 
 
 def model_card(checkpoint: Path, predictor: Predictor) -> str:
     """The model card (markdown) of the page's second tab: the ``README.md`` of a model folder, or
-    beside the checkpoint file, when there is one; else a summary of what the checkpoint records."""
+    beside the checkpoint file, when there is one; else a summary of the model's record."""
     readme = checkpoint / "README.md" if checkpoint.is_dir() else checkpoint.with_name("README.md")
     if readme.is_file():
         return readme.read_text(encoding="utf-8", errors="replace")
-    config = predictor.model_config
-    prep = predictor.preprocessing
-    size = "original size" if prep.resolution is None else "×".join(map(str, prep.resolution))
-    resize = " (longer side)" if prep.keep_aspect else " (square)" if prep.resolution else ""
+    record, prep = predictor.record, predictor.preprocessing
     rows = [("checkpoint", f"`{checkpoint.name}` ({predictor.backend})"), ("classes", str(predictor.num_classes))]
-    if config.get("backbone"):
-        rows.append(("backbone", str(config["backbone"])))
+    overrides = record.architecture.overrides if record is not None else {}
+    rows += [(key.replace("_", " "), f"`{value}`") for key, value in overrides.items()]
     if predictor.model is not None:
         rows.append(("parameters", f"{sum(p.numel() for p in predictor.model.parameters()) / 1e6:.2f} M"))
-    rows += [
-        ("input", size + resize),
-        ("normalization", f"mean {_floats(prep.mean)}, std {_floats(prep.std)}"),
-    ]
-    metrics = predictor.metrics or {}
+    rows += [("input", prep.describe()), ("normalization", f"mean {_floats(prep.mean)}, std {_floats(prep.std)}")]
+    provenance = record.provenance if record is not None else None
+    if provenance is not None:
+        rows += [(key, str(value)) for key, value in
+                 (("training data", provenance.data), ("epoch", provenance.epoch), ("weights", provenance.weights)) if value is not None]
+    metrics = (provenance.metrics if provenance is not None else None) or {}
     per_class = metrics.get("per_class") or {}
-    lines = [f"# {config.get('name', checkpoint.name)}", "", "| | |", "|---|---|"]
+    title = record.architecture.name if record is not None else checkpoint.name
+    lines = [f"# {title}", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
     if metrics:
         lines += ["", "## Validation", "", "| metric | value |", "|---|---|"]
-        for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
+        for key, label in (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"), ("mean_class_accuracy", "mean class accuracy")):
             if metrics.get(key) is not None:
-                lines.append(f"| {key.replace('_', ' ').replace('miou', 'mIoU')} | {100 * metrics[key]:.2f} % |")
+                lines.append(f"| {label} | {100 * metrics[key]:.2f} % |")
     lines += ["", "## Classes", "", "| id | name | colour |" + (" IoU |" if per_class else ""),
               "|---|---|---|" + ("---|" if per_class else "")]
     labels = shown_labels(predictor)
@@ -125,16 +125,17 @@ class DemoModel:
 
     def warm_up(self) -> None:
         """One prediction at the input size, so the first user does not wait for lazy initialisation."""
-        height, width = self.predictor.preprocessing.resolution or (DEFAULT_RESOLUTION, DEFAULT_RESOLUTION)
+        height, width = self.predictor.preprocessing.size or DEFAULT_INPUT_SIZE
         with self._lock:
             self.predictor.predict(np.zeros((height, width, 3), dtype=np.uint8))
 
     def info(self) -> dict[str, Any]:
-        resolution = self.predictor.preprocessing.resolution
+        prep = self.predictor.preprocessing
         return {
             "model": self.name,
             "device": str(self.predictor.device),
-            "input_size": list(resolution) if resolution else None,
+            "input": prep.describe(),
+            "input_size": list(prep.size) if prep.size and prep.resize is not ResizeMode.original else None,
             "classes": [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.labels.names, self.labels.colors))],
             "max_bytes": self.limits.max_bytes,
             "max_pixels": self.limits.max_pixels,
