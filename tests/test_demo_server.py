@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -149,6 +150,8 @@ def test_model_card_summary_or_readme_beside_the_checkpoint(tmp_path: Path) -> N
     card = model_card(path, predictor)
     assert card.startswith("# efficientdet_d0_seg")
     assert "| bifpn channels | `16` |" in card and "| input | 96×128 |" in card
+    assert f"| parameters | {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M |" in card
+    assert re.search(r"\| GMACs at 96×128 \| \d+\.\d\d \|", card)
     assert "| normalization | mean (0.500, 0.500, 0.500), std (0.250, 0.250, 0.250) |" in card
     assert "| training data | camvid |" in card and "| epoch | 7 |" in card and "| weights | ema |" in card
     assert f"| mIoU | {100 * metrics['miou']:.2f} % |" in card

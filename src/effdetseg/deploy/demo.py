@@ -24,12 +24,14 @@ from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..data.image_io import ImageTooLargeError, decode_image
 from ..errors import EffdetsegError
 from ..io.labels import LabelSet
 from ..io.record import DEFAULT_INPUT_SIZE, ResizeMode
+from .complexity import count_macs, count_parameters
 from .predictor import Predictor
 from .visualize import label_image, present_classes
 
@@ -67,10 +69,13 @@ def model_card(checkpoint: Path, predictor: Predictor) -> str:
         return readme.read_text(encoding="utf-8", errors="replace")
     record, prep = predictor.record, predictor.preprocessing
     rows = [("checkpoint", f"`{checkpoint.name}` ({predictor.backend})"), ("classes", str(predictor.num_classes))]
-    overrides = record.architecture.overrides if record is not None else {}
-    rows += [(key.replace("_", " "), f"`{value}`") for key, value in overrides.items()]
-    if predictor.model is not None:
-        rows.append(("parameters", f"{sum(p.numel() for p in predictor.model.parameters()) / 1e6:.2f} M"))
+    if record is not None:
+        rows += [(key.replace("_", " "), f"`{value}`") for key, value in record.architecture.overrides.items()]
+        height, width = prep.size or DEFAULT_INPUT_SIZE
+        with torch.device("meta"):  # counted as `effdetseg models` counts them: shapes only
+            network = record.architecture.build(checkpoint)
+        rows += [("parameters", f"{count_parameters(network) / 1e6:.2f} M"),
+                 (f"GMACs at {height}×{width}", f"{count_macs(network, (height, width)) / 1e9:.2f}")]
     rows += [("input", prep.describe()), ("normalization", f"mean {_floats(prep.mean)}, std {_floats(prep.std)}")]
     provenance = record.provenance if record is not None else None
     if provenance is not None:
