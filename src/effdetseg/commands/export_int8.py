@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EffdetsegError
+from ..predictor import Predictor
 from ..quantize import CALIBRATION_METHODS, ImageSource
 
 DEFAULT_CALIBRATION_IMAGES = 48
@@ -50,17 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Int8Plan:
     """The checked --int8 options and the opened calibration source, before any export work."""
 
+    output: Path  # the INT8 file
     source: ImageSource
     calibration: list[int]
     held_out: list[int]
     args: argparse.Namespace
 
-    @staticmethod
-    def fp32_path(output: Path) -> Path:
-        return output.with_name(f"{output.stem}.fp32{output.suffix}")
+    @property
+    def fp32_path(self) -> Path:
+        return self.output.with_name(f"{self.output.stem}.fp32{self.output.suffix}")
 
 
-def plan(args: argparse.Namespace, fmt: str, checkpoint: Path) -> Int8Plan | None:
+def plan(args: argparse.Namespace, fmt: str, checkpoint: Path, output: Path) -> Int8Plan | None:
     """None without --int8; else the plan, or one error line for a bad option or source."""
     if not args.int8:
         if args.calibration:
@@ -76,7 +78,7 @@ def plan(args: argparse.Namespace, fmt: str, checkpoint: Path) -> Int8Plan | Non
 
     source = open_image_source(args.calibration, args.data_root or _experiment_data_root(checkpoint, args.calibration))
     calibration, held_out = split_images(source.count, args.calibration_images, args.check_images)
-    return Int8Plan(source, calibration, held_out, args)
+    return Int8Plan(output, source, calibration, held_out, args)
 
 
 def _experiment_data_root(checkpoint: Path, preset: str) -> str | None:
@@ -90,15 +92,16 @@ def _experiment_data_root(checkpoint: Path, preset: str) -> str | None:
     return data.get("root") if data.get("name") == preset else None
 
 
-def run(int8: Int8Plan, predictor, fp32_path: Path, output: Path) -> int:
-    """Quantize ``fp32_path`` into ``output``, then print the agreement and the speed-up."""
+def run(int8: Int8Plan, predictor: Predictor) -> int:
+    """Quantize the fp32 file into the INT8 one, then print the agreement and the speed-up;
+    ``predictor`` runs the checkpoint (the reference)."""
     import torch
 
-    from ..predictor import Predictor, preprocess
+    from ..predictor import preprocess
     from ..quantize import QuantizationRecipe, quantize_onnx
     from ..runtime_comparison import eager_and_onnx_runners, label_agreement, time_alternating, timing_table, torch_threads
 
-    args, source = int8.args, int8.source
+    args, source, fp32_path, output = int8.args, int8.source, int8.fp32_path, int8.output
     recipe = QuantizationRecipe(method=args.calibration_method)
     print(f"calibrating on {len(int8.calibration)} images of {source.description} ({recipe.describe()}) …")
     started = time.perf_counter()
