@@ -36,7 +36,6 @@ import torch
 from effdetseg import Predictor, create_model, save_model
 from effdetseg.data import read_image, read_mask
 from effdetseg.export import export_metadata, export_onnx, fold_batchnorm
-from effdetseg.predictor import preprocess
 from effdetseg.quantize import QuantizationRecipe, open_image_source, quantize_onnx, split_images
 from effdetseg.runtime_comparison import Agreement, eager_and_onnx_runners, time_alternating, timing_table, torch_threads
 from effdetseg.training.metrics import ConfusionMatrix

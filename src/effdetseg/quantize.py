@@ -229,7 +229,7 @@ def quantize_onnx(
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         reader.input_name = model.graph.input[0].name
-        metadata = _metadata(model)
+        metadata = read_metadata(model)
 
         def write(tmp: str) -> None:
             quantize_static(
@@ -259,7 +259,8 @@ def quantize_onnx(
         atomic_write(output, write)
 
 
-def _metadata(model: Any) -> dict[str, Any] | None:
+def read_metadata(model: Any) -> dict[str, Any] | None:
+    """The effdetseg metadata of a loaded ONNX model, or None (a file of other tools)."""
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)

@@ -8,7 +8,6 @@ original size, argmax); the fraction of pixels with the same label, pooled over 
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .predictor import METADATA_KEY, Predictor
+from .predictor import Predictor
 
 
 def ort_session(path: str | Path, threads: int) -> Any:
@@ -138,13 +137,13 @@ def onnx_metadata(path: str | Path) -> dict[str, Any]:
     import onnx
 
     from .errors import EffdetsegError
+    from .quantize import read_metadata
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise EffdetsegError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
-    entries = {entry.key: entry.value for entry in model.metadata_props}
-    return json.loads(entries[METADATA_KEY]) if METADATA_KEY in entries else {}
+    return read_metadata(model) or {}
 
 
 def benchmark_onnx_files(files: Sequence[str | Path], resolution: tuple[int, int], threads: int, rounds: int, warmup: int) -> dict[str, Timing]:
