@@ -3,7 +3,8 @@
 Exports the checkpoint to fp32 ONNX (BatchNorm folded, dynamic sizes, as `effdetseg export` does),
 quantizes it with each recipe (calibrated on real CamVid train images, preprocessed as the
 Predictor does), then:
-- times eager PyTorch fp32 (channels-last, inference mode), ONNX Runtime fp32 and every INT8 file
+- times eager PyTorch fp32 (as `predict` runs it: BatchNorm folded, channels-last, inference mode),
+  ONNX Runtime fp32 and every INT8 file
   alternately in this one process at 1×3×R×R (median of --rounds, --threads threads each) and
   prints each one's throughput relative to eager fp32;
 - labels real CamVid val images with the checkpoint (eager, fp32) and with every INT8 file through
@@ -22,23 +23,24 @@ agreement figures say little: pass a CamVid-trained checkpoint for those).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from effdetseg import Predictor, create_model, save_model
+from effdetseg import Predictor, create_model, load_model, save_model
 from effdetseg.data import read_image, read_mask
-from effdetseg.export import export_metadata, export_onnx, fold_batchnorm
-from effdetseg.quantize import QuantizationRecipe, open_image_source, quantize_onnx, split_images
-from effdetseg.runtime_comparison import Agreement, eager_and_onnx_runners, time_alternating, timing_table, torch_threads
-from effdetseg.training.metrics import ConfusionMatrix
+from effdetseg.deploy.benchmark import eager_and_onnx_runners, time_alternating, timing_table, torch_threads
+from effdetseg.deploy.export import export_onnx
+from effdetseg.deploy.prepare import fold_batchnorm
+from effdetseg.deploy.quantize import Agreement, QuantizationRecipe, open_image_source, quantize_onnx, split_images
+from effdetseg.engine.metrics import ConfusionMatrix
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 CAMVID_IGNORE = 11
@@ -106,12 +108,12 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> dict:
-    reference = Predictor(checkpoint, device="cpu", resolution=args.resolution, channels_last=False)
-    model, preprocessing = reference.model, reference.preprocessing
-    print(f"{checkpoint}: {reference.model_config}; {preprocessing}")
+    reference = Predictor(checkpoint, device="cpu", resolution=args.resolution)  # prepared as predict runs it
+    preprocessing = reference.preprocessing
+    print(f"{checkpoint}: {reference.model_config}; input {preprocessing.describe()}")
     fp32_path = workdir / "fp32.onnx"
-    folded, _ = fold_batchnorm(model)
-    export_onnx(folded, fp32_path, export_metadata(model, preprocessing, reference.labels))
+    folded, _ = fold_batchnorm(load_model(checkpoint))
+    export_onnx(folded, fp32_path, replace(reference.record, preprocessing=preprocessing))
 
     source = open_image_source(args.calibration)
     calibration, _ = split_images(source.count, args.calibration_images, 0)
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> dict:
         results["recipes"][name] = {"description": recipe.describe(), "quantize_s": seconds}
 
     x = torch.randn(1, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0))
-    runners = eager_and_onnx_runners(copy.deepcopy(model), {"onnxruntime fp32": fp32_path, **files}, x, args.threads)
+    runners = eager_and_onnx_runners(reference.model, {"onnxruntime fp32": fp32_path, **files}, x, args.threads)
     with torch_threads(args.threads), torch.inference_mode():
         timings = time_alternating(runners, rounds=args.rounds, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
     print(f"latency ({args.clock} clock), 1×3×{args.resolution}×{args.resolution}, {args.threads} threads, "

@@ -16,8 +16,10 @@ import torch
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_image, read_mask
-from effdetseg.predictor import METADATA_KEY, Predictor
-from effdetseg.quantize import open_image_source, shape_arithmetic_nodes, split_images
+from effdetseg.deploy.export import export_onnx
+from effdetseg.deploy.predictor import Predictor
+from effdetseg.deploy.quantize import QUANTIZATION_KEY, open_image_source, shape_arithmetic_nodes, split_images
+from effdetseg.io.record import METADATA_KEY, ModelRecord, Preprocessing
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CAMVID = DATA / "camvid"
@@ -85,16 +87,18 @@ def test_int8_file_is_quantized_and_carries_metadata(int8_export: tuple[Path, st
     ort.InferenceSession(str(output), options, providers=["CPUExecutionProvider"])
     optimized = collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
     assert optimized["QLinearConv"] >= ops["Conv"] - 2
-    metadata = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
-    assert metadata["resolution"] == [128, 128] and metadata["model_config"]["backbone"] == TINY["backbone"]
-    assert metadata["quantization"]["recipe"]["method"] == "minmax"
-    assert len(metadata["quantization"]["calibration"]["images"]) == 4
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    record = json.loads(metadata[METADATA_KEY])  # the checkpoint's record, as in the fp32 file
+    assert record["preprocessing"]["size"] == [128, 128] and record["architecture"]["backbone"] == TINY["backbone"]
+    quantization = json.loads(metadata[QUANTIZATION_KEY])
+    assert quantization["recipe"]["method"] == "minmax"
+    assert len(quantization["calibration"]["images"]) == 4
 
 
 @pytest.mark.slow
 def test_predictor_runs_int8_and_agrees_with_fp32(int8_export: tuple[Path, str, str, int], checkpoint: Path) -> None:
     quantized = Predictor(int8_export[0], device="cpu")
-    assert quantized.backend == "onnx" and quantized.num_classes == 11 and quantized.preprocessing.resolution == (128, 128)
+    assert quantized.backend == "onnx" and quantized.num_classes == 11 and quantized.preprocessing.size == (128, 128)
     image = read_image(VAL_IMAGE)
     expected = Predictor(checkpoint, device="cpu", resolution=128).predict(image)
     classes, counts = np.unique(expected, return_counts=True)
@@ -170,12 +174,9 @@ def test_calibration_and_held_out_images_are_disjoint_and_spread() -> None:
 
 def test_shape_arithmetic_stays_out_of_quantization(tmp_path: Path) -> None:
     """The pad-to-128 / crop size computations are found, and no convolution is among them."""
-    from effdetseg.export import export_metadata, export_onnx
-    from effdetseg.predictor import Preprocessing
-
     model = create_model("efficientdet_d0_seg", num_classes=3, **TINY).eval()
     path = tmp_path / "m.onnx"
-    export_onnx(model, path, export_metadata(model, Preprocessing((64, 64), False, (0.5,) * 3, (0.5,) * 3)))
+    export_onnx(model, path, ModelRecord.for_model(model, preprocessing=Preprocessing((64, 64), mean=(0.5,) * 3, std=(0.5,) * 3)))
     proto = onnx.load(path)
     kinds = {node.name: node.op_type for node in proto.graph.node}
     shape_nodes = shape_arithmetic_nodes(proto)

@@ -1,15 +1,16 @@
-"""INT8 ONNX by static quantization, calibrated on real images.
+"""INT8 ONNX by static quantization, calibrated on real images, and how well it agrees with fp32.
 
-What flows: an fp32 ONNX file written by :func:`effdetseg.export.export_onnx` → ONNX Runtime's
+What flows: an fp32 ONNX file written by :func:`effdetseg.deploy.export.export_onnx` → ONNX Runtime's
 pre-processing (ONNX shape inference and its basic graph optimizations) → activation ranges
-measured on real training images, preprocessed exactly as the file's own metadata says (the
-:class:`~effdetseg.predictor.Predictor`'s path, so calibration sees what deployment sees) → a QDQ
-model with per-channel int8 weights and uint8 activations, carrying the same effdetseg metadata
-plus a ``quantization`` entry saying how it was made.
+measured on real training images, preprocessed by the one inference path with the model record's
+preprocessing (:func:`effdetseg.deploy.inference.preprocess`, so calibration sees what deployment
+sees) → a QDQ model with per-channel int8 weights and uint8 activations, carrying the same model
+record and, under ``effdetseg_quantization``, how it was made.
 
 Where the images come from (:func:`open_image_source`): a folder of images, or a data preset
 (``camvid``, ``voc``, …) whose train split is read through the data layer. :func:`split_images`
-picks the calibration images evenly over the source and holds out others for checking.
+picks the calibration images evenly over the source and holds out others for checking, where
+:func:`label_agreement` counts the pixels the INT8 file labels as the checkpoint does.
 
 Choices, measured with ``benchmarks/int8.py`` (figures in the README):
 - uint8 activations with int8 weights (U8S8): on x86 ONNX Runtime then fuses every
@@ -25,21 +26,24 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from .checkpoint import atomic_write
-from .data.image_io import IMAGE_EXTENSIONS, read_image
-from .errors import EffdetsegError
-from .predictor import METADATA_KEY, Preprocessing, preprocess
+from ..data.image_io import IMAGE_EXTENSIONS, read_image
+from ..errors import EffdetsegError
+from ..io.files import atomic_write
+from ..io.record import Preprocessing
+from .export import onnx_metadata
+from .inference import preprocess
+from .predictor import Predictor
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANTIZATION_KEY = "effdetseg_quantization"  # ONNX metadata beside the model record: how the file was quantized
 
 
 @dataclass(frozen=True)
@@ -55,22 +59,20 @@ class ImageSource:
         return len(self.names)
 
 
-def data_presets() -> list[str]:
-    """The data presets of the packaged Hydra config group ``data``."""
-    folder = resources.files("effdetseg.configs").joinpath("data")
-    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+def open_image_source(spec: str, data_root: str | Path | None = None, experiment_config: Path | None = None) -> ImageSource:
+    """``spec`` is a folder of images, or the name of a data preset whose train split is used:
+    the experiment's own data config when ``experiment_config`` (its config.yaml) trained on that
+    preset, else the package preset; ``data_root`` sets its ``data.root``. Anything else is one
+    clear error."""
+    from ..configs.compose import group_options
 
-
-def open_image_source(spec: str, data_root: str | Path | None = None) -> ImageSource:
-    """``spec`` is a folder of images, or the name of a data preset whose train split is used
-    (``data_root`` is that preset's ``data.root``). Anything else is one clear error."""
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise EffdetsegError(f"--calibration {spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
         return ImageSource(f"folder {path}", tuple(p.name for p in files), lambda i: read_image(files[i]))
-    presets = data_presets()
+    presets = group_options()["data"]
     if spec not in presets:
         if path.exists():
             raise EffdetsegError(f"--calibration {spec}: not a folder of images")
@@ -79,30 +81,25 @@ def open_image_source(spec: str, data_root: str | Path | None = None) -> ImageSo
         raise EffdetsegError(
             f"--calibration {spec}: neither an image folder nor a data preset (presets: {', '.join(presets)})"
         )
-    return _preset_source(spec, data_root)
+    return _preset_source(spec, data_root, experiment_config)
 
 
-def _preset_source(preset: str, data_root: str | Path | None) -> ImageSource:
-    from .data import build_dataset
-    from .data.config import compose_config
+def _preset_source(preset: str, data_root: str | Path | None, experiment_config: Path | None) -> ImageSource:
+    from ..configs.compose import compose, load_yaml
+    from ..data import build_dataset
 
-    overrides = [f"data={preset}"] + ([f"data.root={data_root}"] if data_root is not None else [])
-    data_cfg = compose_config(overrides).data
+    overrides = [f"data.root={data_root}"] if data_root is not None else []
+    if experiment_config is not None and experiment_config.is_file() and (load_yaml(experiment_config).get("data") or {}).get("name") == preset:
+        data_cfg = compose(overrides, base=experiment_config, section="data").data
+    else:
+        data_cfg = compose([f"data={preset}", *overrides], section="data").data
     if data_cfg.get("root") is None and data_cfg.get("format", preset) != "synthetic":
         raise EffdetsegError(f"--calibration {preset}: where are its files? give the preset's data.root with --data-root PATH")
-    dataset = build_dataset(data_cfg, "train")  # errors name data.root and the files it lacks
-    names = tuple(_sample_name(dataset, i) for i in range(len(dataset)))
+    dataset = build_dataset(data_cfg, "train", augment=False, normalize=False)  # errors name data.root and the files it lacks
+    names = tuple(dataset.sample_id(i) for i in range(len(dataset)))
     if not names:
         raise EffdetsegError(f"--calibration {preset}: the train split has no images")
     return ImageSource(f"data={preset} train split", names, lambda i: dataset.load(i)[0])
-
-
-def _sample_name(dataset: Any, index: int) -> str:
-    samples = getattr(dataset, "samples", None)
-    if samples is not None:
-        return str(samples[index].id)
-    sample_id = getattr(dataset, "sample_id", None)
-    return str(sample_id(index)) if sample_id is not None else str(index)
 
 
 def evenly_spaced(candidates: Sequence[int], count: int) -> list[int]:
@@ -229,7 +226,12 @@ def quantize_onnx(
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         reader.input_name = model.graph.input[0].name
-        metadata = read_metadata(model)
+        metadata = onnx_metadata(fp32_path)
+        metadata[QUANTIZATION_KEY] = json.dumps({
+            "format": "QDQ",
+            "recipe": {**asdict(recipe), "description": recipe.describe()},
+            "calibration": {"source": source.description, "images": [source.names[i] for i in indices]},
+        })
 
         def write(tmp: str) -> None:
             quantize_static(
@@ -247,30 +249,38 @@ def quantize_onnx(
                 extra_options=extra,
             )
             quantized = onnx.load(tmp)
-            if metadata is not None:
-                metadata["quantization"] = {
-                    "format": "QDQ",
-                    "recipe": {**asdict(recipe), "description": recipe.describe()},
-                    "calibration": {"source": source.description, "images": [source.names[i] for i in indices]},
-                }
-                _set_metadata(quantized, metadata)
+            del quantized.metadata_props[:]  # the model record of the fp32 file, and how this one was made
+            for key, value in metadata.items():
+                entry = quantized.metadata_props.add()
+                entry.key, entry.value = key, value
             onnx.save(quantized, tmp)
 
         atomic_write(output, write)
 
 
-def read_metadata(model: Any) -> dict[str, Any] | None:
-    """The effdetseg metadata of a loaded ONNX model, or None (a file of other tools)."""
-    for entry in model.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
-    return None
+@dataclass
+class Agreement:
+    """Pixels labelled alike by two models, accumulated image by image."""
+
+    images: int = 0
+    pixels: int = 0
+    agreeing: int = 0
+    worst_image: float = 1.0  # the lowest agreement of one image
+
+    def add(self, expected: np.ndarray, actual: np.ndarray) -> None:
+        same = int((expected == actual).sum())
+        self.images, self.pixels, self.agreeing = self.images + 1, self.pixels + expected.size, self.agreeing + same
+        self.worst_image = min(self.worst_image, same / expected.size)
+
+    @property
+    def fraction(self) -> float:
+        return self.agreeing / self.pixels if self.pixels else 0.0
 
 
-def _set_metadata(model: Any, metadata: dict[str, Any]) -> None:
-    for entry in model.metadata_props:
-        if entry.key == METADATA_KEY:
-            entry.value = json.dumps(metadata)
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+def label_agreement(reference: Predictor, candidate: Predictor, images: Iterable[np.ndarray]) -> Agreement:
+    """Pixels labelled alike by ``reference`` and ``candidate`` (each through ``Predictor.predict``:
+    its own preprocessing, label maps at the original size), over all ``images``."""
+    agreement = Agreement()
+    for image in images:
+        agreement.add(reference.predict(image), candidate.predict(image))
+    return agreement
