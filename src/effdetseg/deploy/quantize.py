@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from ..data.image_io import IMAGE_EXTENSIONS, read_image
+from ..data.image_io import IMAGE_EXTENSIONS, image_files, read_image
 from ..errors import EffdetsegError
 from ..io.files import atomic_write
 from ..io.record import Preprocessing
@@ -68,7 +68,7 @@ def open_image_source(spec: str, data_root: str | Path | None = None, experiment
 
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = image_files(path)
         if not files:
             raise EffdetsegError(f"--calibration {spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
         return ImageSource(f"folder {path}", tuple(p.name for p in files), lambda i: read_image(files[i]))
