@@ -1,7 +1,9 @@
 """``effdetseg benchmark``: params, GMACs, latency (median, p90), images/s and peak memory of zoo
-models (see :mod:`effdetseg.deploy.benchmark` for how each is measured)."""
+models; with ``--onnx``, exported ONNX files (fp32 or INT8) against the eager network they came from
+(see :mod:`effdetseg.deploy.benchmark` for how each is measured)."""
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from dataclasses import asdict
@@ -40,7 +42,42 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--compare", action="store_true", help="add smp FPN, UNet and DeepLabV3+ on the matching encoder")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--onnx",
+        action="append",
+        metavar="FILE",
+        help="time exported ONNX files (fp32 or INT8; repeat for several) in onnxruntime against the eager fp32 "
+        "model they came from, alternately, on --threads threads (default 2); replaces the zoo table",
+    )
     return parser
+
+
+def benchmark_onnx(args: argparse.Namespace, resolution: tuple[int, int]) -> int:
+    """``--onnx``: the files in onnxruntime against eager PyTorch fp32, alternately, one table."""
+    from ..deploy.benchmark import benchmark_onnx_files, cpu_name, timing_table
+
+    threads = args.threads or 2
+    print(
+        f"benchmark: {len(args.onnx)} ONNX file(s) against eager PyTorch fp32 (prepared as predict runs it), "
+        f"1×3×{resolution[0]}×{resolution[1]}, {threads} threads ({cpu_name()}), "
+        f"{args.warmup} warm-up + {args.iters} timed passes each, run alternately"
+    )
+    timings = benchmark_onnx_files(args.onnx, resolution, threads, args.iters, args.warmup)
+    print(timing_table(timings))
+    if args.json:
+        info = {"resolution": list(resolution), "threads": threads, "cpu": cpu_name(), "iters": args.iters,
+                "median_ms": {name: timing.median_ms for name, timing in timings.items()}}
+        write_json(Path(args.json), info)
+    return 0
+
+
+def write_json(path: Path, info: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info, indent=2) + "\n")
+    except OSError as e:
+        raise EffdetsegError(f"{path}: cannot write results ({e.strerror})") from None
+    print(f"wrote {path}")
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -65,6 +102,8 @@ def main(argv: list[str]) -> int:
     resolution = parse_resolution(args.resolution)
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:
         raise EffdetsegError("--batch and --iters must be at least 1, --warmup at least 0")
+    if args.onnx:
+        return benchmark_onnx(args, resolution)
     device = resolve_device(args.device)
     dtype = TORCH_DTYPES[args.dtype]
     if args.threads:
@@ -89,24 +128,17 @@ def main(argv: list[str]) -> int:
     results = benchmark(candidates, resolution, args.batch, device, dtype, args.iters, args.warmup, memory_format)
     print(format_table(results))
     if args.json:
-        path = Path(args.json)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            info = {
-                "resolution": list(resolution),
-                "batch": args.batch,
-                "dtype": args.dtype,
-                "memory_format": args.memory_format,
-                "device": device.type,
-                "device_name": device_name,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "iters": args.iters,
-                "warmup": args.warmup,
-                "results": [asdict(r) for r in results],
-            }
-            path.write_text(json.dumps(info, indent=2) + "\n")
-        except OSError as e:
-            raise EffdetsegError(f"{path}: cannot write results ({e.strerror})") from None
-        print(f"wrote {path}")
+        write_json(Path(args.json), {
+            "resolution": list(resolution),
+            "batch": args.batch,
+            "dtype": args.dtype,
+            "memory_format": args.memory_format,
+            "device": device.type,
+            "device_name": device_name,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "results": [asdict(r) for r in results],
+        })
     return 0

@@ -5,18 +5,31 @@ the same inference path, on ``--image`` or else on a generated scene (no file ne
 sizes and batch sizes, and prints the max absolute logit difference and the fraction of pixels
 whose argmax agrees. The command fails (exit 1) unless every agreement is ≥ 99.9 %; the file is
 left in place for inspection.
+
+``--int8``: the fp32 file goes beside the output as ``NAME.fp32.onnx`` and is checked as above;
+``--output`` becomes its INT8 (QDQ) version, calibrated on ``--calibration-images`` real images (a
+folder, or a data preset's train split; see :mod:`effdetseg.deploy.quantize`). Then, on images of
+the same source that were not calibrated on, the INT8 file's label maps are compared with the
+checkpoint's through the Predictor, and the INT8 file, the fp32 file and the checkpoint as
+``predict`` runs it are timed alternately at the export size. Exit 1 when the agreement is below
+``--min-agreement``. Bad ``--int8`` options or calibration sources stop before anything is written.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import EffdetsegError
-from .args import ArgumentParser, add_device, add_model_source
+from .args import ArgumentParser, add_device, add_model_source, positive
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+DEFAULT_CALIBRATION_IMAGES = 48
+DEFAULT_CHECK_IMAGES = 16
+DEFAULT_MIN_AGREEMENT = 98.0
 
 
 def build_parser() -> ArgumentParser:
@@ -44,7 +57,109 @@ def build_parser() -> ArgumentParser:
         "(default: the checkpoint's preprocessing; 0 = original size)",
     )
     add_device(parser, "where the parity check runs the exported file and PyTorch (the export itself traces on the CPU)")
+    _add_int8_arguments(parser)
     return parser
+
+
+def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..deploy.quantize import CALIBRATION_METHODS
+
+    group = parser.add_argument_group("INT8 (ONNX Runtime static quantization)")
+    group.add_argument("--int8", action="store_true", help="write --output as an INT8 QDQ model (the fp32 one as NAME.fp32.onnx)")
+    group.add_argument("--calibration", help="a folder of real images, or a data preset (camvid, voc, …) whose train split is used")
+    group.add_argument("--data-root", help="data.root of the --calibration preset (default: the experiment's config.yaml beside the checkpoint)")
+    group.add_argument(
+        "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+        help=f"images to calibrate on, spread over the source (default: {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    group.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax", help="activation ranges from (default: minmax)")
+    group.add_argument(
+        "--check-images", type=int, default=DEFAULT_CHECK_IMAGES,
+        help=f"held-out images of the source for the agreement check (default: {DEFAULT_CHECK_IMAGES})",
+    )
+    group.add_argument(
+        "--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+        help=f"exit 1 below this %% of pixels labelled as the checkpoint does (default: {DEFAULT_MIN_AGREEMENT:g})",
+    )
+    group.add_argument("--threads", type=int, default=2, help="CPU threads of both runtimes for the speed-up (default: 2)")
+    group.add_argument("--timing-rounds", type=int, default=10, help="alternating timed passes (default: 10)")
+
+
+@dataclass
+class Int8Plan:
+    """The checked --int8 options and the opened calibration source, before any export work."""
+
+    output: Path  # the INT8 file
+    source: Any  # deploy.quantize.ImageSource
+    calibration: list[int]
+    held_out: list[int]
+
+    @property
+    def fp32_path(self) -> Path:
+        return self.output.with_name(f"{self.output.stem}.fp32{self.output.suffix}")
+
+
+def _int8_plan(args: argparse.Namespace, fmt: str, checkpoint: Path, output: Path) -> Int8Plan | None:
+    """None without --int8; else the plan, or one error line for a bad option or source."""
+    if not args.int8:
+        if args.calibration:
+            raise EffdetsegError("--calibration is for --int8 exports")
+        return None
+    if fmt != "onnx":
+        raise EffdetsegError("--int8 writes ONNX; give an --output ending in .onnx")
+    if not args.calibration:
+        raise EffdetsegError("--int8 needs --calibration: a folder of real images or a data preset such as camvid")
+    positive("--check-images", args.check_images)
+    positive("--threads", args.threads)
+    positive("--timing-rounds", args.timing_rounds)
+    from ..deploy.quantize import open_image_source, split_images
+
+    source = open_image_source(args.calibration, args.data_root, experiment_config=checkpoint.parent / "config.yaml")
+    calibration, held_out = split_images(source.count, args.calibration_images, args.check_images)
+    return Int8Plan(output, source, calibration, held_out)
+
+
+def _quantize(plan: Int8Plan, args: argparse.Namespace, checkpoint: Path) -> int:
+    """Quantize the checked fp32 file into the INT8 one, then print the agreement with the
+    checkpoint and the speed-up over it."""
+    import torch
+
+    from ..deploy.benchmark import eager_and_onnx_runners, time_alternating, timing_table, torch_threads
+    from ..deploy.inference import preprocess
+    from ..deploy.predictor import Predictor
+    from ..deploy.quantize import QuantizationRecipe, label_agreement, quantize_onnx
+
+    reference = Predictor(checkpoint, device="cpu", model_name=args.model, num_classes=args.num_classes, resolution=args.resolution)
+    recipe = QuantizationRecipe(method=args.calibration_method)
+    print(f"calibrating on {len(plan.calibration)} images of {plan.source.description} ({recipe.describe()}) …")
+    started = time.perf_counter()
+    quantize_onnx(plan.fp32_path, plan.output, plan.source, plan.calibration, reference.preprocessing, recipe)
+    size_mb = plan.output.stat().st_size / 2**20
+    print(f"wrote {plan.output} (INT8 QDQ, {size_mb:.1f} MiB) in {time.perf_counter() - started:.1f} s")
+
+    held_out = [plan.source.load(i) for i in plan.held_out]
+    agreement = label_agreement(reference, Predictor(plan.output, device="cpu"), held_out)
+    print(
+        f"argmax agreement with the checkpoint on {agreement.images} held-out images: "
+        f"{100 * agreement.fraction:.2f} % of pixels (lowest image {100 * agreement.worst_image:.2f} %)"
+    )
+
+    x = preprocess(held_out[0], reference.preprocessing)
+    files = {"onnxruntime fp32": plan.fp32_path, "onnxruntime int8": plan.output}
+    runners = eager_and_onnx_runners(reference.model, files, x, args.threads)
+    with torch_threads(args.threads), torch.inference_mode():
+        timings = time_alternating(runners, rounds=args.timing_rounds)
+    shape = "×".join(str(v) for v in x.shape)
+    print(f"latency at {shape}, {args.threads} threads, median of {args.timing_rounds} alternating passes:")
+    print(timing_table(timings))
+    print(f"INT8 speed-up over eager PyTorch fp32: {timings['onnxruntime int8'].speedup_over(timings['eager fp32']):.2f}×")
+    if 100 * agreement.fraction < args.min_agreement:
+        print(
+            f"effdetseg export: error: INT8 agreement {100 * agreement.fraction:.2f} % is below --min-agreement {args.min_agreement:g} %",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _format_from_suffix(output: str | None) -> str:
@@ -83,6 +198,9 @@ def main(argv: list[str]) -> int:
     if output.resolve() == source.resolve():
         raise EffdetsegError(f"{output}: --output would overwrite the checkpoint")
     ensure_output_folder(output.parent)
+    int8 = _int8_plan(args, fmt, source, output)
+    if int8 is not None:
+        output = int8.fp32_path  # the fp32 file is written and checked first, beside the INT8 one
     device = resolve_device(args.device)
     if args.image:
         images, image_name = [read_image(args.image)], args.image
@@ -116,4 +234,4 @@ def main(argv: list[str]) -> int:
     if not all(result.passed for result in results):
         print(f"effdetseg export: error: parity check failed; {output} does not match the checkpoint", file=sys.stderr)
         return 1
-    return 0
+    return _quantize(int8, args, source) if int8 is not None else 0

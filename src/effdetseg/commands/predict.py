@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.image_io import IMAGE_EXTENSIONS
+from ..data.image_io import IMAGE_EXTENSIONS, image_files
 from ..io.labels import LabelSet
 from ..errors import EffdetsegError
 from ..io.files import ensure_output_folder
@@ -72,7 +72,7 @@ def find_images(data: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = image_files(path)
         if not images:
             raise EffdetsegError(f"{path}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
         return images

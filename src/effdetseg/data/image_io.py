@@ -61,6 +61,11 @@ def _decode_rgb(source: Path | BinaryIO, name: str, max_pixels: int | None = Non
         raise EffdetsegError(f"{name}: unreadable or truncated image ({e})") from None
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` (by extension), sorted; not recursive."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A label-id mask as H×W uint8. Palette PNGs give their indices (VOC), not their colors."""
     path = Path(path)

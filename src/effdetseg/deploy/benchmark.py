@@ -17,6 +17,10 @@ Memory, per model, measured in its own forward pass after warm-up:
   ``/proc/self/clear_refs`` after returning freed heap memory with ``malloc_trim``) minus the
   resident set before; where that is unavailable, the growth of ``getrusage``'s ``ru_maxrss``,
   which only shows a model that raises the process's peak (a lower bound, marked ``≥``).
+
+Exported ONNX files (fp32 or INT8) are timed in ONNX Runtime against the eager network they came
+from, as ``predict`` runs it (:func:`benchmark_onnx_files`), alternately in the same way
+(:func:`time_alternating`), both runtimes on the same number of threads.
 """
 from __future__ import annotations
 
@@ -25,11 +29,15 @@ import gc
 import platform
 import re
 import resource
+import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,6 +124,51 @@ def smp_candidates(backbones: list[str], num_classes: int) -> list[Candidate]:
     return candidates
 
 
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    median_ms: float
+    samples_ms: tuple[float, ...]
+
+    def speedup_over(self, reference: Timing) -> float:
+        """Throughput of this runner relative to ``reference`` (> 1: faster)."""
+        return reference.median_ms / self.median_ms
+
+
+def time_alternating(
+    runners: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 2, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, Timing]:
+    """Median time of each runner over ``rounds`` passes, all runners alternating, the order
+    rotating every round.
+
+    ``clock``: wall time by default; ``time.process_time`` counts this process's CPU time only,
+    which on a machine shared with other work is the steadier measure of one thread's latency.
+    """
+    names = list(runners)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(warmup):
+        for name in names:
+            runners[name]()
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = clock()
+            runners[name]()
+            samples[name].append(1000 * (clock() - started))
+    return {name: Timing(name, statistics.median(values), tuple(values)) for name, values in samples.items()}
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run PyTorch on ``threads`` CPU threads inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _percentile(values: list[float], q: float) -> float:
     return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q))
 
@@ -200,7 +253,9 @@ def benchmark(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    times: list[list[float]] = [[] for _ in models]
+    def runner(model: nn.Module) -> Callable[[], None]:
+        return lambda: (model(x), synchronize())
+
     peaks: list[tuple[int, bool]] = []
     with torch.inference_mode():
         for _ in range(warmup):
@@ -212,14 +267,8 @@ def benchmark(
                 peaks.append((cuda_peak_bytes(lambda: model(x), device), False))
             else:
                 peaks.append(cpu_peak_bytes(lambda: model(x)))
-        for round_index in range(iters):
-            shift = round_index % len(models)
-            for i in list(range(shift, len(models))) + list(range(shift)):
-                synchronize()
-                started = time.perf_counter()
-                models[i](x)
-                synchronize()
-                times[i].append(time.perf_counter() - started)
+        timings = time_alternating({str(i): runner(model) for i, model in enumerate(models)}, rounds=iters, warmup=0)
+    times = [[ms / 1000 for ms in timings[str(i)].samples_ms] for i in range(len(models))]
     results = []
     for candidate, model, macs, count, samples, (peak, lower_bound) in zip(candidates, models, gmacs, params, times, peaks):
         median = _percentile(samples, 0.5)
@@ -275,3 +324,67 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# ----------------------------------------------------------------------------- exported files
+
+
+def ort_session(path: str | Path, threads: int) -> Any:
+    """An onnxruntime CPU session running on ``threads`` threads (all graph optimizations on)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about the optimized graph are not the user's business
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def eager_and_onnx_runners(model: nn.Module, onnx_files: Mapping[str, str | Path], images: torch.Tensor, threads: int) -> dict[str, Callable[[], Any]]:
+    """Runners for :func:`time_alternating`: ``model`` (prepared for inference, see
+    :func:`~effdetseg.deploy.prepare.prepare_for_inference`) as ``eager fp32``, then each ONNX file
+    under its name, all on the same input batch."""
+    from .inference import ModelRunner
+
+    run = ModelRunner(model.cpu().float().eval())  # as predict runs it, memory-format conversion included
+    array = images.contiguous().numpy()
+
+    def eager() -> None:
+        with torch.inference_mode():
+            run(images)
+
+    runners: dict[str, Callable[[], Any]] = {"eager fp32": eager}
+    for name, path in onnx_files.items():
+        session = ort_session(path, threads)
+        feed = {session.get_inputs()[0].name: array}
+        runners[name] = lambda session=session, feed=feed: session.run(None, feed)
+    return runners
+
+
+def timing_table(timings: Mapping[str, Timing], reference: str = "eager fp32") -> str:
+    """``runner  median ms  throughput × reference`` lines."""
+    width = max(len(name) for name in timings)
+    lines = [f"  {'runner'.ljust(width)}  median ms  throughput × {reference}"]
+    for name, timing in timings.items():
+        lines.append(f"  {name.ljust(width)}  {timing.median_ms:9.1f}  {timing.speedup_over(timings[reference]):.2f}")
+    return "\n".join(lines)
+
+
+def benchmark_onnx_files(files: Sequence[str | Path], resolution: tuple[int, int], threads: int, rounds: int, warmup: int) -> dict[str, Timing]:
+    """Time ONNX files against the eager fp32 network they were exported from — rebuilt from the
+    first file's model record with random weights (the speed does not depend on them) and
+    prepared as ``predict`` runs it — alternately, on ``threads`` threads each."""
+    from .export import onnx_metadata
+    from .predictor import export_record
+    from .prepare import prepare_for_inference
+    from .quantize import QUANTIZATION_KEY
+
+    metadata = {Path(path): onnx_metadata(path) for path in files}
+    first = Path(files[0])
+    record = export_record(metadata[first], first)
+    if record is None:
+        raise EffdetsegError(f"{first}: no effdetseg model record in its metadata (export it with `effdetseg export`)")
+    model = prepare_for_inference(record.architecture.build(first), torch.device("cpu"))
+    names = {f"onnxruntime {'int8' if QUANTIZATION_KEY in meta else 'fp32'} {path.name}": path for path, meta in metadata.items()}
+    images = torch.randn(1, 3, *resolution, generator=torch.Generator().manual_seed(0))
+    runners = eager_and_onnx_runners(model, names, images, threads)
+    with torch_threads(threads), torch.inference_mode():
+        return time_alternating(runners, rounds=rounds, warmup=warmup)

@@ -103,6 +103,17 @@ def export_onnx(model: nn.Module, path: str | Path, record: ModelRecord, exporte
     atomic_write(path, write)
 
 
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (the model record under ``effdetseg_record``)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise EffdetsegError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
+    return {entry.key: entry.value for entry in proto.metadata_props}
+
+
 def export_torchscript(model: nn.Module, path: str | Path, record: ModelRecord) -> None:
     """Trace ``model`` (dynamic sizes, see the module doc) and save it with the record."""
     sample = torch.randn(*TRACE_SHAPE)
