@@ -7,6 +7,8 @@ For each image, at its original size:
 - ``<name>_labels.png``: the raw class ids as a palette PNG (pixel value = class id).
 With a single image and ``--output dog_mask.jpg`` (an image file name), the color mask goes to
 that file and the others next to it: ``dog_mask_overlay.jpg``, ``dog_mask_labels.png``.
+Nothing is ever written over an input or twice in one run, and files of an earlier run are
+replaced only with ``--overwrite`` (see :mod:`effdetseg.commands.predict_outputs`).
 
 Exit status: 0 when every image was written; 1 when some images of a folder or glob could not
 be read (the others are written, each bad one is reported on stderr); 2 for bad input
@@ -16,24 +18,15 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.image_io import IMAGE_EXTENSIONS, image_files
 from ..io.labels import LabelSet
 from ..errors import EffdetsegError
-from ..io.files import ensure_output_folder
 from .args import ArgumentParser, add_device, add_model_source, add_tta, positive, tta_from_args
-
-
-@dataclass(frozen=True)
-class OutputPaths:
-    mask: Path
-    overlay: Path
-    labels: Path
+from .predict_outputs import plan_outputs
 
 
 def build_parser() -> ArgumentParser:
@@ -56,6 +49,7 @@ def build_parser() -> ArgumentParser:
         "--output", "--output_name", default="predictions",
         help="output folder, or an image file name for a single image (default: predictions)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace output files an earlier run left (inputs are never written)")
     parser.add_argument("--overlay", choices=("blend", "side"), default="blend", help="alpha-blended or side by side (default: blend)")
     parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the blended overlay (default: 0.5)")
     parser.add_argument("--no-legend", action="store_true", help="no legend on the overlay")
@@ -83,34 +77,6 @@ def find_images(data: str) -> list[Path]:
             raise EffdetsegError(f"{data}: the pattern matches no images")
         return images
     raise EffdetsegError(f"{data}: no such image, folder or pattern")
-
-
-def plan_outputs(images: list[Path], output: Path) -> list[OutputPaths]:
-    """Where each image's three files go. A single image may name its color-mask file; otherwise
-    ``output`` is a folder that mirrors the images' folders below their common root."""
-    if output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir():
-        if len(images) != 1:
-            raise EffdetsegError(f"{output}: an image file name, but --data gives {len(images)} images; pass a folder")
-        stem = output.with_suffix("")
-        return [OutputPaths(output, Path(f"{stem}_overlay{output.suffix}"), Path(f"{stem}_labels.png"))]
-    root = Path(os.path.commonpath([str(p.parent.resolve()) for p in images]))
-    plans = []
-    for image in images:
-        folder = output / image.parent.resolve().relative_to(root)
-        plans.append(
-            OutputPaths(folder / f"{image.stem}_mask.png", folder / f"{image.stem}_overlay.jpg", folder / f"{image.stem}_labels.png")
-        )
-    return plans
-
-
-def check_writable(plans: list[OutputPaths]) -> None:
-    """Fail before any work when an output folder cannot be created or written."""
-    for folder in sorted({p.mask.parent for p in plans}):
-        ensure_output_folder(folder)
-    for plan in plans:
-        for path in (plan.mask, plan.overlay, plan.labels):
-            if path.is_dir() or (path.exists() and not os.access(path, os.W_OK)):
-                raise EffdetsegError(f"{path}: output path is not a writable file")
 
 
 def _model_source(args: argparse.Namespace) -> tuple[Path, str | None]:
@@ -152,8 +118,8 @@ def main(argv: list[str]) -> int:
     from ..deploy.visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
 
     images = find_images(args.data)
-    plans = plan_outputs(images, Path(args.output))
-    check_writable(plans)
+    plan = plan_outputs(images, Path(args.output), overwrite=args.overwrite)
+    plans = plan.paths
     source, model_name = _model_source(args)
     predictor = Predictor(
         source,
@@ -172,11 +138,14 @@ def main(argv: list[str]) -> int:
         f"{predictor.backend} on {predictor.device}), input {predictor.preprocessing.describe()}"
         + ("" if predictor.tta.is_identity else f", {predictor.tta.describe()}")
     )
+    for note in plan.notes:
+        print(note)
 
     failures: list[str] = []
     written = 0
     started = time.perf_counter()
-    progress = tqdm(total=len(images), unit="img", disable=len(images) == 1, file=sys.stderr)
+    # disable=None: no bar when stderr is not a terminal (logs keep one line per image and error)
+    progress = tqdm(total=len(images), unit="img", disable=True if len(images) == 1 else None, file=sys.stderr)
     for start in range(0, len(images), args.batch_size):
         batch = []
         for path, plan in zip(images[start : start + args.batch_size], plans[start : start + args.batch_size]):

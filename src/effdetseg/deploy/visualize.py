@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..io.labels import LabelSet
 from ..errors import EffdetsegError
+from ..io.files import atomic_write
+from ..io.labels import LabelSet
 
 OVERLAY_MODES = ("blend", "side")
 
@@ -112,13 +113,17 @@ def label_image(labels: np.ndarray, label_set: LabelSet) -> Image.Image:
 
 
 def save_image(array_or_image: np.ndarray | Image.Image, path: str | Path) -> None:
-    """Write an image; the suffix picks the format. Failures name the file."""
+    """Write an image atomically (see :func:`effdetseg.io.files.atomic_write`); the suffix picks the
+    format. Failures name the file and the cause."""
     path = Path(path)
     image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
     if path.suffix.lower() in (".jpg", ".jpeg") and image.mode == "P":
         image = image.convert("RGB")
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise EffdetsegError(f"{path}: cannot write image (unknown image suffix {path.suffix!r})")
+    options = {"quality": 95} if image_format == "JPEG" else {}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, quality=95) if path.suffix.lower() in (".jpg", ".jpeg") else image.save(path)
-    except (OSError, ValueError, KeyError) as e:
+        atomic_write(path, lambda tmp: image.save(tmp, format=image_format, **options))
+    except (ValueError, KeyError) as e:
         raise EffdetsegError(f"{path}: cannot write image ({e})") from None

@@ -1,13 +1,22 @@
-"""Files written whole or not at all, and output folders checked before any work.
+"""Files written whole or not at all, output folders checked before any work, and folder locks.
 
 Every file effdetseg writes (checkpoints, exported models, prepared masks, configs, metrics) goes
 through ``atomic_write``: the content is written to a temporary file in the same folder, flushed
 to disk and renamed over the target, so a crash or a kill at any moment leaves either the old
-file or the new one, never half of one.
+file or the new one, never half of one. A write that fails (a full disk, a read-only folder) is one
+error naming the file and the cause. The temporary files a kill leaves behind (``.NAME.*.tmp``)
+are removed by ``remove_orphaned_temporaries`` when the folder's next run starts.
+
+``FolderLock`` makes a folder the property of one process while it writes there (an experiment
+folder during training): an ``fcntl`` lock on ``.lock`` holding the owner's PID. The kernel drops
+the lock when its process dies, however it dies, so a lock file left by a dead process is simply
+taken over.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +28,11 @@ from ..errors import EffdetsegError
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)``, then rename onto ``path`` (atomic on one filesystem)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
     os.close(fd)
     try:
         write(tmp)
@@ -28,9 +40,38 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except Exception as e:
+        full = _disk_full(path.parent)  # measured before the partial file is removed
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, EffdetsegError):
+            raise
+        if isinstance(e, OSError) or full or "No space left" in str(e):
+            raise write_error(path, e, disk_full=full) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_error(path: str | Path, error: BaseException, disk_full: bool = False) -> EffdetsegError:
+    """One line for a failed write: the file and the cause (``No space left on device``, ``Permission denied`` …).
+
+    Writers such as ``torch.save`` turn the OS error of a full disk into their own (``unexpected
+    pos …``); ``disk_full`` (the folder had no space left when the write failed) names the cause then."""
+    if isinstance(error, OSError) and error.errno is not None:
+        cause = os.strerror(error.errno)
+    elif disk_full or "No space left" in str(error):
+        cause = os.strerror(errno.ENOSPC)
+    else:
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return EffdetsegError(f"{path}: cannot write ({cause}); any earlier version of the file is unchanged")
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -41,6 +82,83 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def remove_orphaned_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of ``atomic_write`` that a killed process left in ``folder``.
+    Call it only while holding the folder (``FolderLock``): a running writer's file looks the same."""
+    removed = []
+    for path in sorted(folder.glob(f".*{TEMPORARY_SUFFIX}")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class FolderLock:
+    """``with FolderLock(folder):`` — this process alone writes ``folder``; a second process is
+    refused with one line naming the owner's PID. See the module doc for stale locks."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path, what: str = "folder") -> None:
+        self.path = Path(folder) / self.NAME
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise EffdetsegError(f"{self.path}: cannot create the lock file ({e.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise EffdetsegError(
+                    f"{self.path.parent}: {self.what} is in use by another run (PID {owner}); wait for it to finish or stop it"
+                ) from None
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the owner released (and removed) this file between our open and lock: again
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked: no one holds a lock on a removed name
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def check_output_folder(folder: Path) -> None:
+    """Fail before any work when ``folder`` could not be created or written; creates nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EffdetsegError(f"{folder}: cannot create output folder ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EffdetsegError(f"{folder}: output folder is not writable")
 
 
 def ensure_output_folder(folder: Path) -> None:
