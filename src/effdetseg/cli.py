@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except EffdetsegError as e:
         print(f"effdetseg {command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.filename is None:  # not about a file the user gave: a genuine failure, keep its traceback
+            raise
+        # A file error no code path above named (a folder vanished, a device failed): still one line.
+        print(f"effdetseg {command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..configs.compose import compose
 from ..errors import EffdetsegError
-from ..io.files import write_text_atomic
+from ..io.files import write_error, write_text_atomic
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -26,7 +26,11 @@ LOG = "train.log"
 def create_experiment_dir(cfg: DictConfig) -> Path:
     """Make a fresh ``experiments_dir/experiment_name`` (a timestamped default name when null)."""
     root = Path(str(cfg.experiments_dir)).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        cause = "it is not a folder" if root.exists() else e.strerror
+        raise EffdetsegError(f"experiments_dir: cannot create {root} ({cause})") from None
     if cfg.experiment_name:
         name = str(cfg.experiment_name)
         if "/" in name or name in (".", ".."):
@@ -38,6 +42,8 @@ def create_experiment_dir(cfg: DictConfig) -> Path:
             raise EffdetsegError(
                 f"experiment_name: {path} already exists; choose another name, or continue it with resume={path}"
             ) from None
+        except OSError as e:
+            raise EffdetsegError(f"experiment_name: cannot create {path} ({e.strerror})") from None
         return path
     stem = f"{cfg.train.model.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
     for suffix in [""] + [f"-{i}" for i in range(1, 1000)]:
@@ -46,6 +52,8 @@ def create_experiment_dir(cfg: DictConfig) -> Path:
             return root / (stem + suffix)
         except FileExistsError:
             continue
+        except OSError as e:
+            raise EffdetsegError(f"experiments_dir: cannot create a directory in {root} ({e.strerror})") from None
     raise EffdetsegError(f"experiments_dir: could not create a new directory for {stem} in {root}")
 
 
@@ -88,8 +96,16 @@ def write_history(experiment_dir: Path, history: Sequence[dict]) -> None:
 
 
 def append_history(experiment_dir: Path, record: dict) -> None:
-    with open(experiment_dir / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(experiment_dir / METRICS, json.dumps(record))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a log file; a failed write (a full disk) is one error naming the file."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 class Log:
@@ -106,8 +122,7 @@ class Log:
 
         tqdm.write(message)
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(message + "\n")
+            append_line(self.path, message)
 
 
 def train_config(overrides: Sequence[str]) -> tuple[DictConfig, Path | None]:

@@ -1,4 +1,10 @@
-"""``effdetseg train``: set up the process group and the experiment directory, train, report."""
+"""``effdetseg train``: set up the process group and the experiment directory, train, report.
+
+The experiment directory belongs to the run while it writes there (a ``FolderLock``: a second run
+on it is refused with one line); temporary files a killed run left are removed when it is taken.
+A new run that fails before its first checkpoint removes its directory, so the same command can
+run again.
+"""
 from __future__ import annotations
 
 import shutil
@@ -7,7 +13,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..errors import EffdetsegError
+from ..io.files import FolderLock, remove_orphaned_temporaries
 from . import experiment as exp
+from .checkpoints import LAST
 from .distributed import broadcast_object, cleanup_distributed, init_distributed
 from .trainer import Trainer, TrainResult
 
@@ -19,31 +27,41 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None, command: list[
     Returns the result on rank 0, None on other ranks.
     """
     ctx = init_distributed(str(cfg.device))
+    lock: FolderLock | None = None
     try:
-        experiment_dir = resume_dir if resume_dir is not None else _new_experiment(cfg, ctx.is_main)
-        if ctx.is_main:
-            exp.save_config(cfg, experiment_dir)
+        experiment_dir, lock = _claim_experiment(cfg, resume_dir, ctx.is_main)
         try:
+            if ctx.is_main:
+                exp.save_config(cfg, experiment_dir)
             trainer = Trainer(cfg, ctx, experiment_dir, resume=resume_dir is not None, command=command)
+            result = trainer.fit()
         except BaseException:
-            # Nothing was trained: leave no half-made experiment that blocks reusing its name.
-            if resume_dir is None and ctx.is_main:
+            # Failed before its first checkpoint: leave nothing that blocks running the same command again.
+            if resume_dir is None and ctx.is_main and not (experiment_dir / LAST).exists():
                 shutil.rmtree(experiment_dir, ignore_errors=True)
             raise
-        result = trainer.fit()
         if result is not None:
             _report(result, trainer.log)
         return result
     finally:
+        if lock is not None:
+            lock.release()
         cleanup_distributed()
 
 
-def _new_experiment(cfg: DictConfig, is_main: bool) -> Path:
-    """Rank 0 creates the directory; every rank gets its path (or rank 0's error)."""
+def _claim_experiment(cfg: DictConfig, resume_dir: Path | None, is_main: bool) -> tuple[Path, FolderLock | None]:
+    """Rank 0 creates (or takes, to resume) the directory, locks it and removes a killed run's
+    temporary files; every rank gets its path (or rank 0's error)."""
     payload: tuple[str, str] | None = None
+    lock = None
     if is_main:
         try:
-            payload = ("ok", str(exp.create_experiment_dir(cfg)))
+            path = resume_dir if resume_dir is not None else exp.create_experiment_dir(cfg)
+            lock = FolderLock(path, "experiment").acquire()
+            removed = remove_orphaned_temporaries(path)
+            if removed:
+                exp.Log(path, True)(f"removed {len(removed)} temporary file(s) a stopped run left: {', '.join(p.name for p in removed)}")
+            payload = ("ok", str(path))
         except EffdetsegError as e:
             payload = ("error", str(e))
     payload = broadcast_object(payload)  # type: ignore[assignment]
@@ -51,7 +69,7 @@ def _new_experiment(cfg: DictConfig, is_main: bool) -> Path:
     status, value = payload
     if status == "error":
         raise EffdetsegError(value)
-    return Path(value)
+    return Path(value), lock
 
 
 def _report(result: TrainResult, log: exp.Log) -> None:

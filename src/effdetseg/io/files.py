@@ -32,7 +32,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     except OSError as e:
-        raise write_error(path, e) from None
+        raise write_error(path, e, replaced=True) from None
     os.close(fd)
     try:
         write(tmp)
@@ -46,25 +46,26 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
         if isinstance(e, EffdetsegError):
             raise
         if isinstance(e, OSError) or full or "No space left" in str(e):
-            raise write_error(path, e, disk_full=full) from None
+            raise write_error(path, e, disk_full=full, replaced=True) from None
         raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_error(path: str | Path, error: BaseException, disk_full: bool = False) -> EffdetsegError:
+def write_error(path: str | Path, error: BaseException, disk_full: bool = False, replaced: bool = False) -> EffdetsegError:
     """One line for a failed write: the file and the cause (``No space left on device``, ``Permission denied`` …).
 
     Writers such as ``torch.save`` turn the OS error of a full disk into their own (``unexpected
-    pos …``); ``disk_full`` (the folder had no space left when the write failed) names the cause then."""
+    pos …``); ``disk_full`` (the folder had no space left when the write failed) names the cause then.
+    ``replaced``: the write was to replace the file whole (``atomic_write``), so any old one is intact."""
     if isinstance(error, OSError) and error.errno is not None:
         cause = os.strerror(error.errno)
     elif disk_full or "No space left" in str(error):
         cause = os.strerror(errno.ENOSPC)
     else:
         cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return EffdetsegError(f"{path}: cannot write ({cause}); any earlier version of the file is unchanged")
+    return EffdetsegError(f"{path}: cannot write ({cause})" + ("; any earlier version of the file is unchanged" if replaced else ""))
 
 
 def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
