@@ -36,6 +36,13 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0
     return device
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a failed allocation (CUDA out of memory, or the CPU allocator's refusal)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool | None:
     """Whether the CPU has bfloat16 instructions (from /proc/cpuinfo); None when it cannot tell."""

@@ -35,6 +35,29 @@ def add_model_source(parser: argparse.ArgumentParser, exported: bool = True) -> 
     )
 
 
+def add_max_image_pixels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None,
+        help="refuse images of more pixels than this (default: PIL's 89,478,485; 0: no limit)",
+    )
+
+
+def apply_max_image_pixels(args: argparse.Namespace, resolution: int | None = None) -> None:
+    """Set the image pixel limit of ``--max-image-pixels``, and refuse a ``--resolution`` whose
+    square network input is over it (it would try to allocate that much before failing)."""
+    from ..data.image_io import PIXEL_LIMIT_HELP, max_image_pixels, set_max_image_pixels
+
+    if args.max_image_pixels is not None and args.max_image_pixels < 0:
+        raise EffdetsegError(f"--max-image-pixels must be 0 (no limit) or positive, got {args.max_image_pixels}")
+    set_max_image_pixels(args.max_image_pixels)
+    limit = max_image_pixels()
+    if resolution and limit and resolution * resolution > limit:
+        raise EffdetsegError(
+            f"--resolution {resolution}: a {resolution}×{resolution} network input is over the image pixel limit of "
+            f"{limit:,} ({PIXEL_LIMIT_HELP})"
+        )
+
+
 def positive(name: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and value < minimum:
         raise EffdetsegError(f"{name} must be at least {minimum}, got {value}")

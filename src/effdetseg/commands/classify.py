@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..errors import EffdetsegError
 from ..io.labels import read_labels_json
-from .args import ArgumentParser, add_device, positive
+from .args import ArgumentParser, add_device, add_max_image_pixels, apply_max_image_pixels, positive
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -54,8 +54,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--weights", type=Path, default=None, help="state dict (timm or EfficientNet-PyTorch naming) or effdetseg checkpoint")
     parser.add_argument("--top-k", "--topk", dest="topk", type=int, default=5, help="classes to print (default: 5)")
     add_device(parser)
+    add_max_image_pixels(parser)
     args = parser.parse_args(argv)
     positive("--resolution", args.resolution, 32)
+    apply_max_image_pixels(args, args.resolution)
     positive("--num-classes", args.num_classes)
     positive("--top-k", args.topk)
 

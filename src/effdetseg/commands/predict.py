@@ -25,7 +25,9 @@ from pathlib import Path
 from ..data.image_io import IMAGE_EXTENSIONS, image_files
 from ..io.labels import LabelSet
 from ..errors import EffdetsegError
-from .args import ArgumentParser, add_device, add_model_source, add_tta, positive, tta_from_args
+from .args import (
+    ArgumentParser, add_device, add_max_image_pixels, add_model_source, add_tta, apply_max_image_pixels, positive, tta_from_args,
+)
 from .predict_outputs import plan_outputs
 
 
@@ -56,6 +58,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4, help="images per forward pass (default: 4)")
     add_tta(parser)
     add_device(parser)
+    add_max_image_pixels(parser)
     parser.add_argument("--backend", choices=("torch", "onnx", "torchscript"), help="default: from the model file")
     return parser
 
@@ -109,12 +112,15 @@ def _label_set(path: str | None, num_classes: int, stored: LabelSet | None) -> L
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     positive("--batch-size", args.batch_size)
+    positive("--resolution", args.resolution, 0)
+    apply_max_image_pixels(args, args.resolution)
     if not 0.0 <= args.alpha <= 1.0:
         raise EffdetsegError(f"--alpha must be in [0, 1], got {args.alpha}")
     from tqdm import tqdm
 
     from ..data.image_io import read_image
     from ..deploy.predictor import Predictor
+    from ..devices import is_out_of_memory
     from ..deploy.visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
 
     images = find_images(args.data)
@@ -159,7 +165,15 @@ def main(argv: list[str]) -> int:
                 progress.update()
         if not batch:
             continue
-        label_maps = predictor.predict([image for _, _, image in batch])
+        try:
+            label_maps = predictor.predict([image for _, _, image in batch])
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            raise EffdetsegError(
+                f"{batch[0][0]}: out of memory running the network on {len(batch)} image(s) ({predictor.device}); "
+                "lower --batch-size or --resolution"
+            ) from None
         for (path, plan, image), labels in zip(batch, label_maps):
             mask = color_mask(labels, labels_set)
             present = present_classes(labels, predictor.num_classes)

@@ -139,6 +139,7 @@ class DataConfig:
     labels: Optional[str] = None
     batch_size: int = MISSING
     num_workers: int = MISSING
+    max_image_pixels: Optional[int] = None  # images over this many pixels are refused; null: PIL's limit, 0: none
     splits: dict[str, Optional[SplitConfig]] = field(default_factory=dict)
     preprocessing: ImageSizeConfig = field(default_factory=ImageSizeConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)

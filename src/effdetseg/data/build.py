@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from ..errors import EffdetsegError
 from ..io.labels import IGNORE_INDEX, LabelSet, voc_colormap
+from .image_io import set_max_image_pixels
 from .transforms import build_transform
 
 # format -> "module:function" building the dataset; each is imported only when used.
@@ -86,8 +87,11 @@ def build_dataset(data_cfg: DictConfig | dict, split: str, *, augment: bool | No
 
     ``augment`` (default: ``split == "train"``) picks ``data.augmentation.train`` over ``.val``;
     ``normalize=False`` leaves images uint8 for the inference path, which normalizes them itself.
+    ``data.max_image_pixels`` (when set) becomes the process's image pixel limit, which the
+    DataLoader workers inherit.
     """
     data_cfg = _as_config(data_cfg)
+    set_max_image_pixels(data_cfg.get("max_image_pixels"))
     available = dataset_splits(data_cfg)
     if split not in available:
         raise EffdetsegError(f"split {split!r} is not defined for data={data_cfg.get('name')} (splits: {', '.join(available)})")

@@ -1,7 +1,16 @@
-"""Reading images and label masks with one clear error per bad file."""
+"""Reading images and label masks with one clear error per bad file.
+
+An image whose header claims more pixels than the limit (PIL's ``Image.MAX_IMAGE_PIXELS``,
+89,478,485 by default: a decompression bomb such as a 40000×40000 PNG of a few kilobytes) is
+refused before it is decoded, with one error naming the file; ``set_max_image_pixels`` changes the
+limit (the ``--max-image-pixels`` flag, the ``data.max_image_pixels`` config key).
+"""
 from __future__ import annotations
 
 import io
+import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,8 +22,44 @@ from ..errors import EffdetsegError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+PIXEL_LIMIT_HELP = "--max-image-pixels N / data.max_image_pixels=N, 0 for no limit"
+
+
 class ImageTooLargeError(EffdetsegError):
     """An image with more pixels than the caller allows (found from its header, before decoding)."""
+
+
+def set_max_image_pixels(limit: int | None, what: str = "data.max_image_pixels") -> None:
+    """The largest image (width × height) any reader of this process decodes; 0 = no limit,
+    None = leave it (PIL's default unless set before). DataLoader workers inherit it.
+    ``what`` names the setting in the error for a negative value."""
+    if limit is None:
+        return
+    if limit < 0:
+        raise EffdetsegError(f"{what} must be 0 (no limit) or positive, got {limit}")
+    Image.MAX_IMAGE_PIXELS = int(limit) or None
+
+
+def max_image_pixels() -> int | None:
+    return Image.MAX_IMAGE_PIXELS
+
+
+@contextmanager
+def _open(source: Path | BinaryIO, name: str):
+    """``Image.open`` with the pixel limit as a hard limit (PIL only warns up to twice the limit)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            claimed = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels than the limit"
+            raise ImageTooLargeError(
+                f"{name}: image of {size} is over the limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); "
+                f"if it is genuine, raise the limit ({PIXEL_LIMIT_HELP})"
+            ) from None
+    with im:
+        yield im
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -38,7 +83,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None
 
 def _decode_rgb(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> np.ndarray:
     try:
-        with Image.open(source) as im:
+        with _open(source, name) as im:
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageTooLargeError(
                     f"{name}: {im.width}×{im.height} = {im.width * im.height / 1e6:.1f} megapixels, "
@@ -55,8 +100,6 @@ def _decode_rgb(source: Path | BinaryIO, name: str, max_pixels: int | None = Non
             return np.asarray(im, dtype=np.uint8).copy()
     except UnidentifiedImageError:
         raise EffdetsegError(f"{name}: not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{name}: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise EffdetsegError(f"{name}: unreadable or truncated image ({e})") from None
 
@@ -72,7 +115,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise EffdetsegError(f"{path}: mask not found")
     try:
-        with Image.open(path) as im:
+        with _open(path, str(path)) as im:
             im.load()
             if im.mode in ("P", "L"):
                 return np.asarray(im, dtype=np.uint8).copy()
