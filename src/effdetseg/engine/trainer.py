@@ -100,6 +100,20 @@ def resolve_amp(train_cfg: DictConfig, device: torch.device) -> tuple[torch.dtyp
     return dtype, dtype == torch.float16
 
 
+def check_batch_norm_values(model: nn.Module, batch: int, size: tuple[int, int]) -> None:
+    """Refuse, with the smallest batch and crop that work, a training batch whose coarsest level
+    gives BatchNorm a single value per channel (batch 1 and an input padded to one 128-px cell: P7 is 1×1)."""
+    multiple = int(getattr(unwrap(model), "input_multiple", 1))
+    height, width = size
+    if batch * math.ceil(height / multiple) * math.ceil(width / multiple) > 1:
+        return
+    raise EffdetsegError(
+        f"data.batch_size={batch} with {height}×{width} training crops: BatchNorm at the coarsest level (stride {multiple}) "
+        f"would see one value per channel; use data.batch_size=2 or more, or crops larger than {multiple} px "
+        f"(data.preprocessing.resize_height/resize_width ≥ {multiple + 1})"
+    )
+
+
 class Trainer:
     def __init__(
         self, cfg: DictConfig, ctx: DistributedContext, experiment_dir: Path, resume: bool, command: list[str] | None = None
@@ -133,6 +147,11 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         if ctx.is_distributed and self.device.type == "cuda" and cfg.train.sync_batchnorm:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.batch_norm_batch = int(cfg.data.batch_size) * (
+            ctx.world_size if ctx.is_distributed and self.device.type == "cuda" and cfg.train.sync_batchnorm else 1
+        )
+        prep = cfg.data.preprocessing
+        check_batch_norm_values(self.model, self.batch_norm_batch, (int(prep.resize_height), int(prep.resize_width)))
         ema_cfg = cfg.train.ema
         self.ema = ModelEmaV3(self.model, decay=float(ema_cfg.decay), use_warmup=bool(ema_cfg.warmup)) if ema_cfg.enabled else None
         self.train_model: nn.Module = self.model
@@ -277,7 +296,13 @@ class Trainer:
             no_sync = self.train_model.no_sync() if self.ctx.is_distributed and not sync else nullcontext()
             with no_sync:
                 with autocast:
-                    logits = self.train_model(images)
+                    try:
+                        logits = self.train_model(images)
+                    except ValueError as e:  # an augmentation made a crop smaller than the configured size
+                        if "Expected more than 1 value per channel" not in str(e):
+                            raise
+                        check_batch_norm_values(self.model, self.batch_norm_batch, tuple(images.shape[-2:]))
+                        raise
                 loss, parts = self.criterion(logits, masks)
                 loss_value = float(all_reduce_mean(loss.detach()))
                 if not math.isfinite(loss_value):
