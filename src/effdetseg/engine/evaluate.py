@@ -33,7 +33,7 @@ def evaluate(
     device = next(model.parameters()).device
     matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
     batch_size = loader.batch_size or 1
-    for batch in tqdm(loader, desc=description, disable=not progress, leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=description, disable=None if progress else True, leave=False, dynamic_ncols=True):
         results = segment(model, batch["image"], preprocessing, tta=tta, batch_size=batch_size, amp_dtype=amp_dtype)
         for result, mask in zip(results, batch["mask"]):
             matrix.update(result.labels, mask.to(device))

@@ -283,7 +283,10 @@ class Trainer:
         self.train_model.train()
         batches = len(loader)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        bar = tqdm(loader, total=batches, desc=f"epoch {epoch + 1}/{self.num_epochs}", disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            loader, total=batches, desc=f"epoch {epoch + 1}/{self.num_epochs}", leave=False, dynamic_ncols=True,
+            disable=None if self.progress else True,  # None: a bar on terminals only, none in logs
+        )
         loss_sum, parts_sum, seen = 0.0, {}, 0
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)

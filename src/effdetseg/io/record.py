@@ -450,7 +450,37 @@ def write_model_file(
         atomic_write(path, lambda tmp: save_file(state_dict, tmp, metadata=metadata))
         return
     payload = {"record": record.to_dict(), "model": state_dict, **(training_state or {})}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: _torch_save(payload, tmp))
+
+
+class _FailureKeepingFile:
+    """A file for ``torch.save`` that remembers the OS error of a failed write: torch reports a
+    full disk as its own ``unexpected pos …``, which would hide the cause."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(payload: Any, path: str) -> None:
+    with open(path, "wb") as file:
+        target = _FailureKeepingFile(file)
+        try:
+            torch.save(payload, target)
+        except RuntimeError:
+            if target.error is not None:
+                raise target.error from None
+            raise
 
 
 def save_model(
