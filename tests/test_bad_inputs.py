@@ -34,12 +34,13 @@ from effdetseg.io.files import FolderLock, atomic_write
 from effdetseg.io.record import Provenance, write_model_file
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
+TINY_RUN = [
     "train.model.backbone=mobilenetv3_small_050", "+train.model.overrides.bifpn_channels=16",
-    "+train.model.overrides.head_channels=16", "data.train_samples=4", "data.val_samples=2", "data.batch_size=2",
-    "data.num_workers=0", "data.preprocessing.resize_height=64", "data.preprocessing.resize_width=64",
+    "+train.model.overrides.head_channels=16", "data.batch_size=2", "data.num_workers=0",
+    "data.preprocessing.resize_height=64", "data.preprocessing.resize_width=64",
     "train.progress=false", "train.num_epochs=1", "validation.grid_images=1",
 ]
+TINY = [*TINY_RUN, "data.train_samples=4", "data.val_samples=2"]  # on the synthetic data
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -341,7 +342,7 @@ def test_train_bad_image_with_workers_then_the_same_command_again(folder_data: P
     experiments = tmp_path / "experiments"
     bomb_png(folder_data / "images" / "s3.png")
     (folder_data / "images" / "s5.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    argv = ["train", *TINY, "data=folder", *folder_overrides(folder_data), f"experiments_dir={experiments}", "experiment_name=run"]
+    argv = ["train", *TINY_RUN, "data=folder", *folder_overrides(folder_data), f"experiments_dir={experiments}", "experiment_name=run"]
     before = snapshot(folder_data)
     for _ in range(2):  # a failed run leaves nothing that blocks the same command
         assert cli(argv) == 2
