@@ -82,6 +82,8 @@ class TrainSection:
     sync_batchnorm: bool = True
     log_every: int = 10
     progress: bool = True
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: dict[str, Any] = field(default_factory=dict)
     scheduler: Optional[dict[str, Any]] = None

@@ -156,9 +156,9 @@ def check_train_config(cfg: DictConfig) -> None:
     for key in positive:
         if OmegaConf.select(cfg, key) < 1:
             raise EffdetsegError(f"{key} must be a positive integer, got {OmegaConf.select(cfg, key)}")
-    for key in ("data.num_workers", "validation.num_workers"):
+    for key in ("data.num_workers", "validation.num_workers", "train.checkpoint_every_steps", "train.checkpoint_every_minutes"):
         if OmegaConf.select(cfg, key) < 0:
-            raise EffdetsegError(f"{key} must be a non-negative integer, got {OmegaConf.select(cfg, key)}")
+            raise EffdetsegError(f"{key} must not be negative, got {OmegaConf.select(cfg, key)}")
     clip = cfg.train.clip_grad_norm
     if clip is not None and clip <= 0:
         raise EffdetsegError(f"train.clip_grad_norm must be a positive number or null, got {clip}")

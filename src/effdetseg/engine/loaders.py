@@ -56,6 +56,7 @@ class TrainLoader:
                 f"({batch_size} × {ctx.world_size} process(es))"
             )
         self.dataset = dataset
+        self.batch_size = batch_size
         self.seed = seed
         self.ctx = ctx
         self.num_workers = num_workers

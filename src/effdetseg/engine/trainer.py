@@ -14,7 +14,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,27 @@ class TrainResult:
     best_metrics: SegmentationMetrics
     class_names: tuple[str, ...]
     files: list[str]
+
+
+@dataclass(frozen=True)
+class EpochPosition:
+    """How far into an epoch a mid-epoch checkpoint was written: batches (per process) and samples
+    (all processes) trained on, and the running loss sums the epoch's record averages."""
+
+    batches: int
+    samples: int
+    loss_sum: float
+    parts_sum: dict[str, float]
+
+    def to_state(self) -> dict[str, Any]:
+        return {"batches": self.batches, "samples": self.samples, "loss_sum": self.loss_sum, "parts_sum": dict(self.parts_sum)}
+
+    @classmethod
+    def from_state(cls, state: Any) -> EpochPosition | None:
+        if not state:
+            return None
+        return cls(int(state["batches"]), int(state["samples"]), float(state["loss_sum"]),
+                   {str(k): float(v) for k, v in state["parts_sum"].items()})
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -177,10 +198,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.clip = cfg.train.clip_grad_norm
 
+        self.checkpoint_every_steps = int(cfg.train.checkpoint_every_steps)
+        self.checkpoint_every_s = 60.0 * float(cfg.train.checkpoint_every_minutes)
+        self.last_checkpoint_time = time.monotonic()
+
         self.start_epoch = 0
         self.global_step = 0
         self.best: dict[str, Any] | None = None  # {"epoch", "source", "miou", "matrix"}
         self.history: list[dict] = []
+        self.resume_position: EpochPosition | None = None  # where in start_epoch a mid-epoch checkpoint stopped
+        self.pending_rng: dict | None = None  # set once the skipped batches are loaded again (see train_epoch)
         if resume:
             self._restore()
 
@@ -214,13 +241,24 @@ class Trainer:
         self.best = state.get("best")
         rng = state["rng"]
         rng_list = rng if isinstance(rng, list) else [rng]
+        position = EpochPosition.from_state(state.get("epoch_position"))
+        if position is not None:
+            # The order of an epoch is a function of (seed, epoch): the samples already trained on
+            # are the first ones of it, with any number of processes.
+            batch = self.train_loader.batch_size * self.ctx.world_size
+            position = replace(position, batches=position.samples // batch)
+            self.resume_position = position
         if len(rng_list) == self.ctx.world_size:
-            set_rng_state(rng_list[self.ctx.rank])
+            if position is not None and position.batches > 0:
+                self.pending_rng = rng_list[self.ctx.rank]
+            else:
+                set_rng_state(rng_list[self.ctx.rank])
         else:  # a different number of processes: seeded by (seed, epoch, rank) like the data order
             seed_everything(derive_seed(int(self.cfg.seed), self.start_epoch, self.ctx.rank))
         if self.ctx.is_main:
             self.history = exp.read_history(self.dir, self.start_epoch)
-        self.log(f"resumed {self.dir} after epoch {self.start_epoch} (optimizer step {self.global_step})")
+        where = f"epoch {self.start_epoch}" if position is None else f"batch {position.batches} of epoch {self.start_epoch + 1}"
+        self.log(f"resumed {self.dir} after {where} (optimizer step {self.global_step})")
 
     def _gather_rng(self) -> list[dict]:
         state = rng_state()
@@ -250,7 +288,8 @@ class Trainer:
             ),
         )
 
-    def _save_last(self, epoch: int) -> None:
+    def _save_last(self, epoch: int, position: EpochPosition | None = None) -> None:
+        """``last.pth`` after ``epoch`` complete epochs (and ``position`` into the next one)."""
         broadcast_buffers(self.model)  # collective: every rank takes part
         if self.ema is not None:
             broadcast_buffers(self.ema.module)
@@ -266,8 +305,10 @@ class Trainer:
             "global_step": self.global_step,
             "best": self.best,
             "rng": rng,
+            "epoch_position": position.to_state() if position is not None else None,
         }
         write_model_file(self.dir / LAST, self._record(epoch, "model"), self.model.state_dict(), training_state)
+        self.last_checkpoint_time = time.monotonic()
 
     def _save_best(self, module: nn.Module, epoch: int, source: str, metrics: SegmentationMetrics) -> None:
         if self.ctx.is_main:
@@ -287,10 +328,21 @@ class Trainer:
             loader, total=batches, desc=f"epoch {epoch + 1}/{self.num_epochs}", leave=False, dynamic_ncols=True,
             disable=None if self.progress else True,  # None: a bar on terminals only, none in logs
         )
-        loss_sum, parts_sum, seen = 0.0, {}, 0
+        loss_sum, parts_sum, seen, skip = 0.0, {}, 0, 0
+        if self.resume_position is not None:  # a mid-epoch checkpoint of this epoch
+            loss_sum, parts_sum, skip = self.resume_position.loss_sum, dict(self.resume_position.parts_sum), self.resume_position.batches
+            self.resume_position = None
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar):
+            if i < skip:
+                # Trained on before the checkpoint: loaded again (not trained) so that the data
+                # pipeline's random streams stand where they stood; the generators of the training
+                # itself are restored after the last of them, before the next batch is loaded.
+                if i == skip - 1 and self.pending_rng is not None:
+                    set_rng_state(self.pending_rng)
+                    self.pending_rng = None
+                continue
             images = batch["image"].to(self.device, non_blocking=True)
             masks = batch["mask"].to(self.device, non_blocking=True)
             if self.channels_last:
@@ -325,12 +377,27 @@ class Trainer:
             seen += images.shape[0] * self.ctx.world_size
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}", lr=f"{self._lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
+            if sync and i + 1 < batches and self._mid_epoch_checkpoint_due():
+                samples = (i + 1) * self.train_loader.batch_size * self.ctx.world_size
+                self._save_last(epoch, EpochPosition(i + 1, samples, loss_sum, dict(parts_sum)))
         if self.scheduler is not None and not self.schedule.per_step:
             self.scheduler.step()
         elapsed = time.perf_counter() - start
         result = {"train_loss": loss_sum / max(batches, 1), "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
         result.update({f"train_loss_{k}": v / max(batches, 1) for k, v in parts_sum.items()})
         return result
+
+    def _mid_epoch_checkpoint_due(self) -> bool:
+        """``train.checkpoint_every_steps`` / ``_minutes``; under DDP every rank takes rank 0's clock."""
+        due = bool(self.checkpoint_every_steps) and self.global_step % self.checkpoint_every_steps == 0
+        if self.checkpoint_every_s > 0:
+            late = time.monotonic() - self.last_checkpoint_time >= self.checkpoint_every_s
+            if self.ctx.is_distributed:
+                flag = torch.tensor([float(late)], device=self.device)
+                dist.broadcast(flag, 0)
+                late = bool(flag.item())
+            due = due or late
+        return due
 
     def _optimizer_step(self) -> None:
         if self.clip:
