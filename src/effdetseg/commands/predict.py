@@ -120,8 +120,8 @@ def main(argv: list[str]) -> int:
 
     from ..data.image_io import read_image
     from ..deploy.predictor import Predictor
-    from ..devices import is_out_of_memory
     from ..deploy.visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
+    from ..devices import is_out_of_memory
 
     images = find_images(args.data)
     plan = plan_outputs(images, Path(args.output), overwrite=args.overwrite)

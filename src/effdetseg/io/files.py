@@ -163,10 +163,9 @@ def check_output_folder(folder: Path) -> None:
 
 
 def ensure_output_folder(folder: Path) -> None:
-    """Create ``folder`` and fail before any work when it cannot be created or written."""
+    """Create ``folder``, failing before any work when it cannot be created or written."""
+    check_output_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EffdetsegError(f"{folder}: cannot create output folder ({e.strerror})") from None
-    if not os.access(folder, os.W_OK):
-        raise EffdetsegError(f"{folder}: output folder is not writable")
