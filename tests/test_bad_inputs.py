@@ -12,8 +12,6 @@ import hashlib
 import io
 import os
 import pickle
-import resource
-import signal
 import struct
 import subprocess
 import sys
@@ -413,21 +411,21 @@ def test_a_full_disk_names_the_file_and_the_cause(tmp_path: Path, monkeypatch) -
     assert target.read_bytes() == b"the previous checkpoint"
 
 
-@pytest.mark.slow
-def test_a_write_over_the_file_size_limit_is_one_line(tmp_path: Path, checkpoint: Path) -> None:
-    """A real OS error on write (EFBIG under RLIMIT_FSIZE) in a real process: one line, exit 2."""
-    image = photo(tmp_path / "photo.jpg", size=(200, 260))
+def test_predict_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path: Path, checkpoint: Path, capsys, monkeypatch) -> None:
+    image = photo(tmp_path / "photo.jpg")
+    out = tmp_path / "out"
+    argv = ["predict", "--data", str(image), "--checkpoint", str(checkpoint), "--resolution", "64", "--output", str(out), "--overwrite"]
+    assert cli(argv) == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    real_save = Image.Image.save
 
-    def limit_file_size() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+    def save_on_a_full_disk(self, fp, *args, **kwargs):  # writes a little, then the disk is full
+        real_save(self, fp, *args, **kwargs)
+        Path(fp).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "effdetseg", "predict", "--data", str(image), "--checkpoint", str(checkpoint),
-         "--resolution", "64", "--output", str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300,
-    )
-    err = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(err) == 1, proc.stderr
-    assert str(tmp_path / "out") in err[0] and "File too large" in err[0], err[0]
-    assert not [p for p in (tmp_path / "out").glob(".*.tmp")]
+    monkeypatch.setattr(Image.Image, "save", save_on_a_full_disk)
+    assert cli(argv) == 2
+    one_error_line(capsys, "predict", str(out / "photo_mask.png"), "No space left on device", "unchanged")
+    assert snapshot(tmp_path) == before  # the earlier outputs are whole, no temporary file is left
