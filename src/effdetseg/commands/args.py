@@ -47,9 +47,7 @@ def apply_max_image_pixels(args: argparse.Namespace, resolution: int | None = No
     square network input is over it (it would try to allocate that much before failing)."""
     from ..data.image_io import PIXEL_LIMIT_HELP, max_image_pixels, set_max_image_pixels
 
-    if args.max_image_pixels is not None and args.max_image_pixels < 0:
-        raise EffdetsegError(f"--max-image-pixels must be 0 (no limit) or positive, got {args.max_image_pixels}")
-    set_max_image_pixels(args.max_image_pixels)
+    set_max_image_pixels(args.max_image_pixels, "--max-image-pixels")
     limit = max_image_pixels()
     if resolution and limit and resolution * resolution > limit:
         raise EffdetsegError(
