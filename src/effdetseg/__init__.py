@@ -1,4 +1,5 @@
 """effdetseg: semantic segmentation with EfficientDet (EfficientNet + BiFPN over P2–P7)."""
+from .deploy.hub import from_pretrained, save_pretrained
 from .deploy.predictor import Predictor
 from .deploy.prepare import prepare_for_inference
 from .io.record import ModelRecord, load_model, read_record, save_model
@@ -11,6 +12,8 @@ __all__ = [
     "list_models",
     "load_model",
     "save_model",
+    "save_pretrained",
+    "from_pretrained",
     "read_record",
     "ModelRecord",
     "Predictor",

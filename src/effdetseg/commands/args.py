@@ -23,7 +23,7 @@ def add_device(parser: argparse.ArgumentParser, what: str = "") -> None:
 
 def add_model_source(parser: argparse.ArgumentParser, exported: bool = True) -> None:
     """``--checkpoint`` (an effdetseg file), or ``--model NAME --weights FILE [--num-classes N]``."""
-    what = "effdetseg checkpoint (.pth/.pt/.safetensors, its record included)"
+    what = "effdetseg checkpoint (.pth/.pt/.safetensors, its record included, or a model folder of export --format hub)"
     if exported:
         what += ", or an exported .onnx / TorchScript file"
     parser.add_argument("--checkpoint", help=what)

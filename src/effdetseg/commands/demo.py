@@ -20,7 +20,7 @@ def build_parser() -> ArgumentParser:
         prog="effdetseg demo",
         description="A local web page that segments an image dropped on it, with a checkpoint's model.",
     )
-    parser.add_argument("--checkpoint", required=True, help="effdetseg checkpoint, or an exported .onnx / TorchScript file")
+    parser.add_argument("--checkpoint", required=True, help="effdetseg checkpoint, model folder (export --format hub), or an exported .onnx / TorchScript file")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0 = any free port)")
     add_device(parser)

@@ -26,7 +26,7 @@ def build_parser() -> ArgumentParser:
         epilog="Data overrides use Hydra's grammar, e.g. data=voc data.root=PATH data.batch_size=4; "
         "allow_targets=[my.module.Class] trusts a _target_ of the experiment's config.yaml beyond the built-in allowlist.",
     )
-    parser.add_argument("--checkpoint", required=True, help="last.pth / best.pth / .safetensors written by effdetseg")
+    parser.add_argument("--checkpoint", required=True, help="last.pth / best.pth / .safetensors written by effdetseg, or a model folder (export --format hub)")
     parser.add_argument("--split", default="val", help="the split to evaluate: train, val, test or any the preset defines (default: val)")
     parser.add_argument(
         "--original-size", action="store_true",
@@ -46,7 +46,7 @@ def data_config(checkpoint: Path, record_data: str | None, overrides: list[str])
     """The config to evaluate on and where it came from (see the module doc)."""
     from ..configs.compose import compose
 
-    sibling = checkpoint.parent / "config.yaml"
+    sibling = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.yaml"
     chooses_preset = any(o.partition("=")[0].lstrip("+") == "data" for o in overrides)
     if sibling.is_file() and not chooses_preset:
         return compose(overrides, base=sibling, section="data"), str(sibling)
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     parse_tta(args.tta)
     positive("--batch-size", args.batch_size)
     checkpoint = Path(args.checkpoint).expanduser()
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         raise EffdetsegError(f"--checkpoint: {checkpoint} not found")
 
     import torch
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     batch_size = args.batch_size or int(data_cfg.batch_size)
     positive("data.batch_size", batch_size)
     suffix = "" if args.split == "val" else f"_{args.split}"
-    output = Path(args.output) if args.output else checkpoint.parent / f"eval_{checkpoint.stem}_{data_cfg.name}{suffix}.json"
+    output = Path(args.output) if args.output else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / f"eval_{checkpoint.stem}_{data_cfg.name}{suffix}.json"
     ensure_output_folder(output.parent)  # before the evaluation, not after it
 
     ctx = init_distributed(args.device)

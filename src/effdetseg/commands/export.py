@@ -1,4 +1,5 @@
-"""``effdetseg export``: a checkpoint → ONNX or TorchScript (BN folded, dynamic sizes), then a parity check.
+"""``effdetseg export``: a checkpoint → ONNX or TorchScript (BN folded, dynamic sizes), then a parity check;
+or (``--format hub``) → a model folder in the Hugging Face Hub layout with a model card (:mod:`effdetseg.deploy.hub`).
 
 The parity check runs the written file (onnxruntime for ONNX) and the PyTorch checkpoint through
 the same inference path, on ``--image`` or else on a generated scene (no file needed), at two input
@@ -39,8 +40,14 @@ def build_parser() -> ArgumentParser:
         "batch/height/width, then check the file against PyTorch.",
     )
     add_model_source(parser, exported=False)
-    parser.add_argument("--format", choices=("onnx", "torchscript"), help="default: from --output's suffix, else onnx")
-    parser.add_argument("--output", "--output_name", help="file to write (default: the checkpoint's name with .onnx / .torchscript.pt)")
+    parser.add_argument(
+        "--format", choices=("onnx", "torchscript", "hub"),
+        help="default: from --output's suffix, else onnx; hub: a model folder (config.json, model.safetensors, README.md model card)",
+    )
+    parser.add_argument(
+        "--output", "--output_name",
+        help="file to write (default: the checkpoint's name with .onnx / .torchscript.pt); the folder with --format hub (default: NAME-hub/)",
+    )
     parser.add_argument(
         "--exporter",
         choices=("dynamo", "legacy"),
@@ -57,6 +64,9 @@ def build_parser() -> ArgumentParser:
         "(default: the checkpoint's preprocessing; 0 = original size)",
     )
     add_device(parser, "where the parity check runs the exported file and PyTorch (the export itself traces on the CPU)")
+    hub = parser.add_argument_group("--format hub (a model folder in the Hugging Face Hub layout)")
+    hub.add_argument("--license", default="other", help="the model card's licence field, a Hub licence id such as apache-2.0 (default: other)")
+    hub.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub model repo (owner/name; needs a token)")
     _add_int8_arguments(parser)
     return parser
 
@@ -176,6 +186,33 @@ def _output_path(output: str | None, source: Path, fmt: str) -> Path:
     return source.with_name(source.name.split(".")[0] + SUFFIXES[fmt])
 
 
+def _export_hub(args: argparse.Namespace) -> int:
+    """--format hub: the model folder of ``save_pretrained`` (no tracing, no parity check: the
+    weights are the checkpoint's, bit for bit)."""
+    from ..deploy.hub import save_pretrained
+    from ..io.record import build_model, read_model_file
+
+    if args.int8 or args.image or args.resolution is not None:
+        raise EffdetsegError("--int8, --image and --resolution are for ONNX / TorchScript exports, not --format hub")
+    if args.weights:
+        source = Path(args.weights)
+        model = build_model(read_model_file(source), model_name=args.model, num_classes=args.num_classes)
+    else:
+        source = Path(args.checkpoint)
+        model = None
+    output = Path(args.output) if args.output else source.with_name(source.name.split(".")[0] + "-hub")
+    if output.exists() and not output.is_dir():
+        raise EffdetsegError(f"{output}: --output must be a folder with --format hub")
+    folder = save_pretrained(
+        model if model is not None else source, output,
+        push_to_hub=bool(args.push_to_hub), repo_id=args.push_to_hub, license=args.license,
+    )
+    print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir() if not p.name.startswith('.')))}")
+    if args.push_to_hub:
+        print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..data.image_io import read_image
@@ -190,6 +227,10 @@ def main(argv: list[str]) -> int:
         raise EffdetsegError("give exactly one of --checkpoint PATH or --weights PATH (with --model and --num-classes)")
     if args.weights and not args.model:
         raise EffdetsegError("--weights needs --model NAME (e.g. efficientdet_d4_seg)")
+    if args.format == "hub":
+        return _export_hub(args)
+    if args.push_to_hub:
+        raise EffdetsegError("--push-to-hub is for --format hub")
     source = Path(args.checkpoint or args.weights)
     if args.output and Path(args.output).is_dir():
         raise EffdetsegError(f"{args.output}: is a folder; --output must be a file name")

@@ -24,14 +24,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..data.image_io import ImageTooLargeError, decode_image
 from ..errors import EffdetsegError
 from ..io.labels import LabelSet
 from ..io.record import DEFAULT_INPUT_SIZE, ResizeMode
-from .complexity import count_macs, count_parameters
+from .card import record_summary
 from .predictor import Predictor
 from .visualize import label_image, present_classes
 
@@ -63,46 +62,23 @@ def shown_labels(predictor: Predictor) -> LabelSet:
 
 def model_card(checkpoint: Path, predictor: Predictor) -> str:
     """The model card (markdown) of the page's second tab: the ``README.md`` of a model folder, or
-    beside the checkpoint file, when there is one; else a summary of the model's record."""
+    beside the checkpoint file, when there is one (its Hub metadata block left out); else the
+    summary of the model's record."""
     readme = checkpoint / "README.md" if checkpoint.is_dir() else checkpoint.with_name("README.md")
     if readme.is_file():
-        return readme.read_text(encoding="utf-8", errors="replace")
-    record, prep = predictor.record, predictor.preprocessing
-    rows = [("checkpoint", f"`{checkpoint.name}` ({predictor.backend})"), ("classes", str(predictor.num_classes))]
-    if record is not None:
-        rows += [(key.replace("_", " "), f"`{value}`") for key, value in record.architecture.overrides.items()]
-        height, width = prep.size or DEFAULT_INPUT_SIZE
-        with torch.device("meta"):  # counted as `effdetseg models` counts them: shapes only
-            network = record.architecture.build(checkpoint)
-        rows += [("parameters", f"{count_parameters(network) / 1e6:.2f} M"),
-                 (f"GMACs at {height}×{width}", f"{count_macs(network, (height, width)) / 1e9:.2f}")]
-    rows += [("input", prep.describe()), ("normalization", f"mean {_floats(prep.mean)}, std {_floats(prep.std)}")]
-    provenance = record.provenance if record is not None else None
-    if provenance is not None:
-        rows += [(key, str(value)) for key, value in
-                 (("training data", provenance.data), ("epoch", provenance.epoch), ("weights", provenance.weights)) if value is not None]
-    metrics = (provenance.metrics if provenance is not None else None) or {}
-    per_class = metrics.get("per_class") or {}
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        if text.lstrip().startswith("---"):
+            from huggingface_hub import ModelCard
+
+            try:
+                text = ModelCard(text, ignore_metadata_errors=True).text.lstrip("\n")
+            except Exception:  # a block that is not Hub metadata (YAML that is not a mapping, …): shown as written
+                pass
+        return text
+    record = predictor.record
     title = record.architecture.name if record is not None else checkpoint.name
-    lines = [f"# {title}", "", "| | |", "|---|---|"]
-    lines += [f"| {key} | {value} |" for key, value in rows]
-    if metrics:
-        lines += ["", "## Validation", "", "| metric | value |", "|---|---|"]
-        for key, label in (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"), ("mean_class_accuracy", "mean class accuracy")):
-            if metrics.get(key) is not None:
-                lines.append(f"| {label} | {100 * metrics[key]:.2f} % |")
-    lines += ["", "## Classes", "", "| id | name | colour |" + (" IoU |" if per_class else ""),
-              "|---|---|---|" + ("---|" if per_class else "")]
-    labels = shown_labels(predictor)
-    for i, (name, color) in enumerate(zip(labels.names, labels.colors)):
-        iou = (per_class.get(name) or {}).get("iou")
-        cell = (" – |" if iou is None else f" {100 * iou:.2f} % |") if per_class else ""
-        lines.append(f"| {i} | {name} | #{''.join(f'{c:02x}' for c in color)} |{cell}")
-    return "\n".join(lines) + "\n"
-
-
-def _floats(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+    source = f"`{checkpoint.name}` ({predictor.backend})"
+    return record_summary(title, source, predictor.num_classes, predictor.preprocessing, shown_labels(predictor), record)
 
 
 def _data_url(image: Image.Image, fmt: str) -> str:

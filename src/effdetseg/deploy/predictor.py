@@ -1,7 +1,8 @@
 """Segment images with a trained model: load once, then ``predict(image or batch)`` → label maps.
 
 Backends (picked from the file unless told):
-- ``torch``: an effdetseg model file (``effdetseg train`` output or ``save_model``), or a bare
+- ``torch``: an effdetseg model file (``effdetseg train`` output or ``save_model``), a model folder
+  (``save_pretrained`` / ``export --format hub``: ``config.json`` + ``model.safetensors``), or a bare
   state dict (the original project's ``model.pth``) given with the model name and number of classes;
 - ``onnx``: a file written by ``effdetseg export`` (``.onnx``), run with onnxruntime;
 - ``torchscript``: a file written by ``effdetseg export --format torchscript``.
@@ -81,6 +82,13 @@ def detect_backend(path: str | Path) -> str:
 
 def check_segmentation(record: ModelRecord, source: str | Path) -> None:
     if not record.architecture.is_segmentation:
+        import timm
+
+        from ..models import is_model
+
+        name = record.architecture.name
+        if not is_model(name) and not timm.is_model(name):
+            raise EffdetsegError(f"{source}: record architecture.name {name!r} is not a model effdetseg knows (see `effdetseg models`)")
         raise EffdetsegError(
             f"{source}: {record.architecture.name!r} is not a segmentation model (for classifiers use `effdetseg classify`)"
         )
@@ -208,7 +216,7 @@ class Predictor:
         self, path: Path, backend: str | None, model_name: str | None, num_classes: int | None
     ) -> tuple[ModelRecord | None, nn.Module | None]:
         """(record, torch network or None); an exported file sets the runner instead."""
-        if not path.is_file():
+        if not path.exists():
             raise EffdetsegError(f"{path}: model file not found")
         self.source = str(path)
         self.backend = backend or detect_backend(path)

@@ -25,12 +25,13 @@ from typing import Any
 from ..errors import EffdetsegError
 
 
-def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp_path)``, then rename onto ``path`` (atomic on one filesystem)."""
+def atomic_write(path: str | Path, write: Callable[[str], Any], extension: str = "") -> None:
+    """Call ``write(tmp_path)``, then rename onto ``path`` (atomic on one filesystem). ``extension``
+    ends the temporary name, for writers that pick the format from it (e.g. ``.png``)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX + extension, dir=path.parent)
     except OSError as e:
         raise write_error(path, e, replaced=True) from None
     os.close(fd)

@@ -12,6 +12,9 @@ A record (like timm's ``PretrainedCfg``) holds what a reader needs besides the w
 
 Files (the suffix picks the format; writes are atomic):
 - ``.safetensors``: the weights, with the record as JSON under ``effdetseg_record`` in the metadata;
+- a model folder in the Hugging Face Hub layout: the record as ``config.json`` and the weights as
+  ``model.safetensors`` (``config.json`` is the record read; the copy in the metadata is ignored,
+  so an edited ``config.json`` takes effect); ``deploy/hub.py`` adds the model card;
 - a torch file (``.pth``/``.pt``): ``{"record": {…}, "model": state_dict}``, and a training
   checkpoint adds its state (optimizer, scheduler, EMA, epoch, RNG …) beside them. Read with
   ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts only.
@@ -48,6 +51,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = (512, 512)
 SEGMENTATION_FAMILIES = ("efficientdet_seg", "efficientdet_seg_p2", "unet")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+FOLDER_RECORD = "config.json"  # a model folder (Hugging Face Hub layout): the record …
+FOLDER_WEIGHTS = "model.safetensors"  # … and the weights
 
 
 class ResizeMode(str, Enum):
@@ -304,8 +309,10 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
 
 
 def read_model_file(path: str | Path) -> ModelFile:
-    """Read a model file (any effdetseg checkpoint, safetensors file or bare state dict) once."""
+    """Read a model file (any effdetseg checkpoint, safetensors file, model folder or bare state dict) once."""
     path = Path(path)
+    if path.is_dir():
+        return _read_model_folder(path)
     if not path.is_file():
         raise EffdetsegError(f"{path}: model file not found")
     if path.suffix == ".safetensors":
@@ -352,6 +359,20 @@ def _read_safetensors(path: Path) -> ModelFile:
     else:
         record = None
     return ModelFile(path, record, strip_wrapper_prefixes(state_dict))
+
+
+def _read_model_folder(folder: Path) -> ModelFile:
+    """A model folder: the record from ``config.json`` (data only), the weights from ``model.safetensors``."""
+    config, weights = folder / FOLDER_RECORD, folder / FOLDER_WEIGHTS
+    for required in (config, weights):
+        if not required.is_file():
+            raise EffdetsegError(f"{required}: not found; a model folder holds {FOLDER_RECORD} and {FOLDER_WEIGHTS}")
+    try:
+        text = config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EffdetsegError(f"{config}: cannot read the model record ({e})") from None
+    record = ModelRecord.from_json(text, config)
+    return ModelFile(folder, record, _read_safetensors(weights).state_dict)
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -483,6 +504,15 @@ def _torch_save(payload: Any, path: str) -> None:
             raise
 
 
+def write_model_folder(folder: str | Path, record: ModelRecord, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Write a model folder: ``config.json`` (the record) and ``model.safetensors`` (the weights), each atomically."""
+    folder = Path(folder)
+    stamped = ModelRecord.from_dict(record.to_dict(), folder)  # version and time filled in once, for both files
+    write_model_file(folder / FOLDER_WEIGHTS, stamped, state_dict)
+    text = json.dumps(stamped.to_dict(), indent=2) + "\n"
+    atomic_write(folder / FOLDER_RECORD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def save_model(
     model: nn.Module,
     path: str | Path,
@@ -583,6 +613,8 @@ def _architecture(raw: Any, source: str | Path) -> Architecture:
     if not isinstance(raw, Mapping):
         raise EffdetsegError(f"{source}: the model record has no architecture")
     raw = dict(raw)
+    if "_target_" in raw:  # the network is built by name from the zoo; a class path is never followed
+        raise EffdetsegError(f"{source}: record architecture._target_ is not allowed (the model is built by its name)")
     name, num_classes = raw.pop("name", None), raw.pop("num_classes", None)
     if not isinstance(name, str) or not name:
         raise EffdetsegError(f"{source}: record architecture.name must be a model name, got {name!r}")
