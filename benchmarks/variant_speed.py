@@ -17,16 +17,15 @@ import warnings
 
 import torch
 
-from quality import parse_candidate, split_candidates
+from quality import SMP_ARCHS, parse_candidate, split_candidates
 
 
 def build(text: str, encoder: str, num_classes: int) -> torch.nn.Module:
     name, overrides = parse_candidate(text)
-    if name.startswith("smp_"):
+    if name in SMP_ARCHS:
         import segmentation_models_pytorch as smp
 
-        arch = {"smp_fpn": smp.FPN, "smp_deeplabv3plus": smp.DeepLabV3Plus, "smp_unet": smp.Unet}[name]
-        return arch(f"tu-{encoder}", encoder_weights=None, classes=num_classes, **overrides)
+        return getattr(smp, SMP_ARCHS[name])(f"tu-{encoder}", encoder_weights=None, classes=num_classes, **overrides)
     import effdetseg
 
     return effdetseg.create_model(name, num_classes=num_classes, backbone=encoder, **overrides)
