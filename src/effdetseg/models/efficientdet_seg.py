@@ -161,7 +161,8 @@ class EfficientDetSeg(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Trade compute for memory in training (timm's switch): the backbone's blocks, every BiFPN
-        and top-down node and the head keep only their inputs and recompute the rest in backward."""
+        and top-down node and the head keep only their inputs and recompute the rest in backward.
+        As in timm, the recomputation also updates BatchNorm's running statistics a second time."""
         self.backbone.body.set_grad_checkpointing(enable)
         for module in self.modules():
             if isinstance(module, (FpnLayer, SegmentationHead)):
