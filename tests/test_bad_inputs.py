@@ -325,6 +325,14 @@ def test_train_bad_setups_leave_nothing_behind(tmp_path: Path, capsys) -> None:
         ([f"experiments_dir={tmp_path / 'a_file'}"], ["experiments_dir", "a_file", "not a folder"]),
         ([f"train.model.weights={corrupt}"], [str(corrupt)]),
         (["data.batch_size=1"], ["data.batch_size=1", "64×64", "data.batch_size=2", "≥ 129"]),
+        (["train.decoder_lr_scale=-5"], ["train.decoder_lr_scale", "-5"]),
+        (["train.optimizer.lr=nan"], ["train.optimizer.lr", "nan", "not a finite number"]),
+        (["train.ema.decay=inf"], ["train.ema.decay", "inf"]),
+        (["train.max_minutes=-1"], ["train.max_minutes", "-1"]),
+        (["train.threads=0"], ["train.threads", "auto"]),
+        (["data.num_workers=many"], ["data.num_workers", "many"]),
+        (["train.max_minutes=1", "train.scheduler._target_=torch.optim.lr_scheduler.OneCycleLR", "+train.scheduler.max_lr=0.01"],
+         ["train.scheduler", "OneCycleLR", "train.max_minutes"]),
     ]
     for overrides, names in cases:
         before = snapshot(tmp_path)
@@ -333,6 +341,20 @@ def test_train_bad_setups_leave_nothing_behind(tmp_path: Path, capsys) -> None:
         one_error_line(capsys, "train", *names)
         assert snapshot(tmp_path) == before
         assert not (experiments / "run").exists()  # the same command can run again
+
+
+@pytest.mark.slow
+def test_resume_with_a_config_of_another_model_is_one_line(tmp_path: Path, capsys) -> None:
+    assert cli(["train", *TINY, f"experiments_dir={tmp_path}", "experiment_name=run"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("name: efficientdet_d0_seg", "name: efficientdet_d1_seg"))
+    before = snapshot(run)
+    assert cli(["train", f"resume={run}", "train.num_epochs=2"]) == 2
+    line = one_error_line(capsys, "train", str(run / "last.pth"), "efficientdet_d0_seg", "efficientdet_d1_seg", "train.model.weights")
+    assert "Traceback" not in line
+    assert snapshot(run) == before
 
 
 @pytest.mark.slow

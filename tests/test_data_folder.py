@@ -34,7 +34,8 @@ def test_camvid_sample_loads_367_train_101_val_and_ignores_label_11():
     mask = item["mask"].numpy()
     assert np.array_equal(mask == 255, raw == 11)  # ... which become the ignore label
     assert np.array_equal(mask[raw != 11], raw[raw != 11])
-    assert train[0]["image"].shape == (3, 352, 480)  # the training crop
+    crop = (cfg.preprocessing.resize_height, cfg.preprocessing.resize_width)
+    assert train[0]["image"].shape == (3, *crop) and crop == (256, 256)  # the training crop of the CamVid recipe
     labels = build_label_set(cfg)
     assert labels.num_classes == 11 and labels.names[0] == "sky" and labels.names[10] == "bicyclist"
     with pytest.raises(EffdetsegError, match="test"):
@@ -118,3 +119,50 @@ def test_folder_color_masks_with_labels_json(tmp_path):
         build_dataset(folder_cfg(tmp_path, "data.num_classes=3", "data.mask_format=color"), "train")
     with pytest.raises(EffdetsegError, match="has 3 classes but data.num_classes is 4"):
         build_label_set(folder_cfg(tmp_path, "data.num_classes=4", f"data.labels={tmp_path / 'labels.json'}"))
+
+
+def _write_binary_folder(root: Path, n: int, foreground: int) -> None:
+    """n image/mask pairs whose masks are 0 (background) and ``foreground`` (255 or 1)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(root / "images" / f"img{i:02d}.png")
+        mask = np.zeros((24, 32), np.uint8)
+        mask[4:16, 3 + i : 20 + i] = foreground
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"img{i:02d}.png")
+
+
+@pytest.mark.parametrize("foreground", [255, 1])
+def test_binary_masks_read_as_classes_0_and_1(tmp_path, foreground):
+    _write_binary_folder(tmp_path, 6, foreground)
+    cfg = folder_cfg(tmp_path, "data.num_classes=2", "data.mask_format=binary", "data.val_fraction=0.34")
+    mask = build_dataset(cfg, "train")[0]["mask"]
+    assert set(mask.unique().tolist()) == {0, 1}  # the foreground is class 1, nothing is ignored
+    with pytest.raises(EffdetsegError, match="data.mask_format=binary gives 2 classes.*data.num_classes=2"):
+        build_dataset(folder_cfg(tmp_path, "data.num_classes=3", "data.mask_format=binary", "data.val_fraction=0.34"), "train")
+
+
+def test_data_check_and_train_flag_a_foreground_saved_as_the_ignore_label(tmp_path, capsys):
+    from effdetseg.cli import main
+
+    data = tmp_path / "data"
+    _write_binary_folder(data, 6, 255)
+    common = ["data=folder", f"data.root={data}", "data.num_classes=2", "data.val_fraction=0.34", "data.num_workers=0"]
+    assert main(["data", "check", *common, "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "class 1" in line and "255" in line)
+    assert "has no pixels" in line and "data.mask_format=binary" in line
+    # train refuses before anything is written, with the same advice on one line
+    experiments = tmp_path / "experiments"
+    argv = ["train", *common, f"experiments_dir={experiments}", "experiment_name=run", "train.progress=false",
+            "train.model.backbone=mobilenetv3_small_050", "data.batch_size=2"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "data.mask_format=binary" in err[0] and "class 1" in err[0]
+    assert not (experiments / "run").exists()
+    # declared binary: class 1 is there, no problem
+    assert main(["data", "check", *common, "data.mask_format=binary", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    foreground = next(line for line in out.splitlines() if line.split()[:2] == ["1", "class_1"])
+    assert float(foreground.split()[2].rstrip("%")) > 10.0 and "no problems found" in out

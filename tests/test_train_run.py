@@ -107,11 +107,15 @@ def test_amp_accumulation_clipping_and_the_original_exponential_schedule(tmp_pat
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step(tmp_path, capsys) -> None:
-    args = [
-        "train", *TINY, f"experiments_dir={tmp_path}", "experiment_name=nan", "train.num_epochs=1",
-        "train.loss.distribution.weight=[nan,1,1,1,1,1]",
-    ]
-    assert cli_main(args) == 2
+    # A NaN in the config is refused before anything is built or written ...
+    args = ["train", *TINY, f"experiments_dir={tmp_path}", "experiment_name=nan", "train.num_epochs=1"]
+    assert cli_main([*args, "train.loss.distribution.weight=[nan,1,1,1,1,1]"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("effdetseg train: error: loss is nan at epoch 1, batch 1/2 (optimizer step 1)")
+    assert err == "effdetseg train: error: train.loss.distribution.weight[0]: nan is not a finite number"
+    # ... and a loss that becomes NaN in training stops the run at that step; the line names no
+    # checkpoint that is not there (the run failed before its first one, so its folder is gone).
+    assert cli_main([*args, "train.optimizer.lr=1e30", "train.ema.enabled=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("effdetseg train: error: loss is nan at epoch 1, batch 2/2 (optimizer step 2); stopped, no checkpoint was written")
+    assert not (tmp_path / "nan").exists()
     assert "\n" not in err

@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     from ..devices import slow_bf16_warning
     from ..engine.distributed import cleanup_distributed, init_distributed
     from ..engine.evaluate import evaluate
-    from ..engine.loaders import val_loader
+    from ..engine.loaders import plan_cpu, val_loader
     from ..io.files import ensure_output_folder, write_text_atomic
     from ..io.record import ResizeMode, build_model, read_model_file
 
@@ -117,7 +117,9 @@ def main(argv: list[str]) -> int:
             print(warning)
 
         dataset = build_dataset(data_cfg, args.split, augment=False, normalize=False)
-        loader = val_loader(dataset, batch_size, int(data_cfg.num_workers), ctx)
+        plan = plan_cpu(ctx.device, "auto", data_cfg.num_workers, cached=False, processes_here=ctx.local_world_size)
+        torch.set_num_threads(plan.threads)
+        loader = val_loader(dataset, batch_size, plan.workers, ctx)
         start = time.perf_counter()
         matrix = evaluate(
             prepare_for_inference(model, ctx.device), loader, labels.num_classes, preprocessing,

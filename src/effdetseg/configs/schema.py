@@ -39,6 +39,7 @@ class AmpDtype(str, Enum):
 
 class MaskFormat(str, Enum):
     ids = "ids"
+    binary = "binary"
     color = "color"
 
 
@@ -69,11 +70,18 @@ class LossConfig:
     region_weight: float = 1.0
 
 
+class CacheMode(str, Enum):
+    none = "none"
+    ram = "ram"
+
+
 @dataclass
 class TrainSection:
     amp: bool = MISSING
     amp_dtype: AmpDtype = AmpDtype.auto
     num_epochs: int = MISSING
+    max_minutes: Optional[float] = None  # a time budget for the whole run (train.num_epochs is then not used)
+    threads: Any = "auto"  # compute threads of each process: auto or a number
     clip_grad_norm: Optional[float] = None
     channels_last: bool = False
     compile: bool = False
@@ -93,9 +101,9 @@ class TrainSection:
 
 @dataclass
 class ValidationSection:
-    epoch_step: int = MISSING
+    epoch_step: int = MISSING  # 0: only after the last step
     batch_size: int = MISSING
-    num_workers: int = MISSING
+    num_workers: Any = MISSING  # auto (as data.num_workers chooses) or a number
     grid_images: int = 6
 
 
@@ -140,7 +148,8 @@ class DataConfig:
     ignore_index: int = 255
     labels: Optional[str] = None
     batch_size: int = MISSING
-    num_workers: int = MISSING
+    num_workers: Any = MISSING  # auto (chosen with train.threads for this machine) or a number
+    cache: CacheMode = CacheMode.none  # ram: images and masks decoded once and kept in memory
     max_image_pixels: Optional[int] = None  # images over this many pixels are refused; null: PIL's limit, 0: none
     splits: dict[str, Optional[SplitConfig]] = field(default_factory=dict)
     preprocessing: ImageSizeConfig = field(default_factory=ImageSizeConfig)

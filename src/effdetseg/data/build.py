@@ -7,6 +7,7 @@ and ``build_label_set(data_cfg)``.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,15 @@ def num_classes_of(data_cfg: DictConfig) -> int:
     if not isinstance(n, int) or not 1 <= n <= 255:
         raise EffdetsegError(f"data.num_classes must be an integer in 1…255, got {n!r}")
     return n
+
+
+def scan_workers(data_cfg: DictConfig) -> int:
+    """DataLoader workers for a pass that only reads files (``data check``, ``data prepare``):
+    ``data.num_workers``, where ``auto`` is one per core (at most 8): nothing else computes then."""
+    value = data_cfg.get("num_workers", 0)
+    if value == "auto":
+        return min(8, os.cpu_count() or 1)
+    return int(value or 0)
 
 
 def dataset_splits(data_cfg: DictConfig | dict) -> tuple[str, ...]:

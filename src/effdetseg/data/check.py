@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import EffdetsegError
-from .build import build_dataset, build_label_set, data_format, dataset_splits
+from .build import build_dataset, build_label_set, data_format, dataset_splits, scan_workers
 from .datasets import AugmentedDataset
 from .transforms import build_transform
 from ..io.labels import IGNORE_INDEX
@@ -82,9 +82,41 @@ def check_split(data_cfg: DictConfig, split: str, num_workers: int = 0, progress
     return report
 
 
+def label_histogram(dataset: AugmentedDataset, max_samples: int | None = None) -> np.ndarray:
+    """Pixels per label value (256 counts) over the dataset's masks, or over ``max_samples`` of them
+    spread evenly through it; a dataset decoded in memory is counted whole, at no decoding cost."""
+    masks = getattr(dataset, "masks", None)
+    if isinstance(masks, np.ndarray):  # data.cache=ram
+        return np.bincount(masks, minlength=256)
+    count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    indices = np.linspace(0, len(dataset) - 1, count).round().astype(int) if count else []
+    pixels = np.zeros(256, np.int64)
+    for index in sorted(set(int(i) for i in indices)):
+        pixels += np.bincount(dataset.load(index)[1].ravel(), minlength=256)
+    return pixels
+
+
+def coverage_problems(pixels: np.ndarray, names: list[str] | tuple[str, ...], split: str = "train") -> tuple[list[str], list[str]]:
+    """(problems, warnings) about which classes a split's masks hold (``pixels``: counts per value).
+
+    A problem: two classes, no pixel of class 1, and the ignore label present — foreground masks
+    saved as 0/255, which would train on background alone. A warning: any class without pixels.
+    """
+    num_classes = len(names)
+    missing = [c for c in range(num_classes) if pixels[c] == 0]
+    total = max(int(pixels.sum()), 1)
+    if num_classes == 2 and 1 in missing and pixels[IGNORE_INDEX] > 0:
+        share = 100.0 * pixels[IGNORE_INDEX] / total
+        return [
+            f"{split}: class 1 ({names[1]}) has no pixels, while {share:.2f} % of the pixels are 255, the ignore label: "
+            "if the masks are foreground masks saved as 0/255, set data.mask_format=binary (0/255 or 0/1 → classes 0/1)"
+        ], []
+    return [], [f"{split}: class {c} ({names[c]}) has no pixels: the model cannot learn it" for c in missing]
+
+
 def check_dataset(data_cfg: DictConfig, splits: tuple[str, ...] = ("train", "val"), progress: bool = False) -> list[SplitReport]:
     """One report per split; a train/val id overlap is a problem of the val split."""
-    workers = int(data_cfg.get("num_workers", 0) or 0)
+    workers = scan_workers(data_cfg)
     reports = [check_split(data_cfg, split, workers, progress) for split in splits]
     by_name = {r.name: r for r in reports}
     if "train" in by_name and "val" in by_name and data_format(data_cfg) != "synthetic":
@@ -111,6 +143,11 @@ def format_report(data_cfg: DictConfig, reports: list[SplitReport]) -> str:
     for value, name in rows:
         cells = "".join(f"{100.0 * r.pixels[value] / t:>9.2f}%" for r, t in zip(reports, totals))
         lines.append(f"{value:>4}  {name:<16}{cells}")
+    for r in reports:
+        if r.name == "train" and r.samples:
+            problems, warnings = coverage_problems(r.pixels, names, "train")
+            r.problems += problems
+            lines += [f"warning: {w}" for w in warnings]
     problems = [p for r in reports for p in r.problems]
     lines.append("")
     if problems:

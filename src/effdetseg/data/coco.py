@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..io.files import atomic_write
 from ..errors import EffdetsegError
-from .build import num_classes_of, root_dir
+from .build import num_classes_of, root_dir, scan_workers
 from .datasets import AugmentedDataset, Sample, SegmentationFiles
 from .files import resolve, split_config
 from .image_io import read_image
@@ -186,7 +186,7 @@ def prepare_coco_voc(data_cfg: DictConfig, splits: tuple[str, ...] = ("train", "
         coco = load_coco(annotations)
         mask_dir.mkdir(parents=True, exist_ok=True)
         job = _RasterizeAndWrite(coco, sorted(coco.imgs), mask_dir)
-        loader = DataLoader(job, batch_size=None, num_workers=int(data_cfg.get("num_workers", 0)))
+        loader = DataLoader(job, batch_size=None, num_workers=scan_workers(data_cfg))
         counts = dict(tqdm(loader, total=len(job), desc=f"coco_voc {split}", disable=not progress))
         index = {"annotations": str(annotations.resolve()), "labelled_pixels": counts}
         atomic_write(mask_dir / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index)))

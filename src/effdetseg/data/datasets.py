@@ -2,9 +2,9 @@
 
 Every dataset of the data layer is an ``AugmentedDataset``: ``load(i)`` gives the untransformed
 (image, mask) pair, items are ``{"image": float32 3×H×W (normalized; uint8 when built with
-normalize=False), "mask": int64 H×W (255 = ignore), "id": str}``, and ``set_epoch(epoch, seed)``
-is the seeding hook the training loader calls before every epoch. Images are decoded per item
-(no preloading) and masks stay uint8 through augmentation.
+normalize=False), "mask": int64 H×W (255 = ignore), "id": str}``; the training loader asks for
+items by ``(index, augmentation seed)``. Images are decoded per item (``data.cache=ram`` keeps them
+decoded: :mod:`.cache`) and masks stay uint8 through augmentation.
 """
 from __future__ import annotations
 
@@ -81,9 +81,10 @@ class AugmentedDataset(Dataset):
 
     Albumentations pipelines keep their own random generators, which neither torch nor NumPy
     seeds reach, and every DataLoader worker starts with a copy of the same state. The training
-    loader therefore calls ``set_epoch(epoch, seed)`` before each epoch, in each worker (or in the
-    process itself without workers), with a seed drawn from (run seed, epoch, rank, worker): the
-    augmentation differs across workers and epochs, and an epoch replays exactly on resume.
+    loader therefore asks for ``dataset[(index, seed)]``: the pipeline is seeded for that one item
+    (the seed is drawn from run seed, epoch and index), so a sample's augmentation is the same
+    whichever worker or process loads it, and an epoch replays exactly on resume. ``dataset[index]``
+    continues the pipeline's current generator.
     """
 
     transform: SegmentationTransform
@@ -95,14 +96,15 @@ class AugmentedDataset(Dataset):
     def sample_id(self, index: int) -> str:
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            index, seed = key
+            self.transform.set_seed(seed)
+        else:
+            index = key
         image, mask = self.load(index)
         image_t, mask_t = self.transform(image, mask)
         return {"image": image_t, "mask": mask_t, "id": self.sample_id(index)}
-
-    def set_epoch(self, epoch: int, seed: int) -> None:
-        """Seed this epoch's augmentation (``epoch`` is there for datasets whose content changes with it)."""
-        self.transform.set_seed(seed)
 
 
 class SegmentationFiles(AugmentedDataset):

@@ -33,16 +33,27 @@ def read_color_mask(path: Path, labels: LabelSet) -> np.ndarray:
     return ids[inverse].reshape(keys.shape)
 
 
+def read_binary_mask(path: Path) -> np.ndarray:
+    """A foreground/background mask: 0 is class 0, every other value (1 or 255, or an anti-aliased
+    edge in between) class 1. No value is ignored."""
+    return (read_mask(path) > 0).astype(np.uint8)
+
+
 def mask_reader_for(data_cfg: DictConfig):
-    """Label-id PNGs (``mask_format: ids``) or RGB color PNGs mapped through the labels JSON (``color``)."""
+    """Label-id PNGs (``mask_format: ids``), 0/255 or 0/1 foreground masks (``binary``: classes 0/1),
+    or RGB color PNGs mapped through the labels JSON (``color``)."""
     mask_format = data_cfg.get("mask_format", "ids")
     if mask_format == "ids":
         return read_mask
+    if mask_format == "binary":
+        if int(data_cfg.get("num_classes") or 0) != 2:
+            raise EffdetsegError(f"data.mask_format=binary gives 2 classes (background, foreground); set data.num_classes=2, not {data_cfg.get('num_classes')}")
+        return read_binary_mask
     if mask_format == "color":
         if not data_cfg.get("labels"):
             raise EffdetsegError("data.labels: color masks (data.mask_format=color) need a labels JSON with the colors")
         return partial(read_color_mask, labels=build_label_set(data_cfg))
-    raise EffdetsegError(f"data.mask_format must be 'ids' or 'color', got {mask_format!r}")
+    raise EffdetsegError(f"data.mask_format must be 'ids', 'binary' or 'color', got {mask_format!r}")
 
 
 def folder_samples(data_cfg: DictConfig, split: str) -> tuple[list[Sample], list[str]]:

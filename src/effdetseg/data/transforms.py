@@ -36,12 +36,18 @@ class SegmentationTransform:
         image_out, mask_out = out["image"], out["mask"]
         if self.mask_size is not None and mask_out.shape[:2] != self.mask_size:
             mask_out = cv2.resize(mask_out, self.mask_size[::-1], interpolation=cv2.INTER_NEAREST)
-        image_t = torch.from_numpy(np.ascontiguousarray(image_out.transpose(2, 0, 1)))
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask_out)).long()
+        image_t = torch.from_numpy(_writable(np.ascontiguousarray(image_out.transpose(2, 0, 1))))
+        mask_t = torch.from_numpy(_writable(np.ascontiguousarray(mask_out))).long()
         return image_t, mask_t
 
     def __repr__(self) -> str:
         return f"SegmentationTransform({self.pipeline!r}, mask_size={self.mask_size})"
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array``, copied when it is a read-only view (of the decoded-data cache: a pipeline that
+    changes nothing hands its input through), since torch tensors must be writable."""
+    return array if array.flags.writeable else array.copy()
 
 
 def _build_one(spec: Any, key: str) -> A.BasicTransform:

@@ -95,9 +95,17 @@ def _split_decoder_groups(groups: list[dict], backbone: nn.Module, decoder_lr: f
 
 
 def build_scheduler(
-    scheduler_cfg: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+    scheduler_cfg: DictConfig | None,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    steps_per_epoch: int,
+    time_budget: bool = False,
 ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, ScheduleKind]:
-    """``train.scheduler`` and how the loop steps it (see :mod:`effdetseg.engine.schedulers`)."""
+    """``train.scheduler`` and how the loop steps it (see :mod:`effdetseg.engine.schedulers`).
+
+    Under a ``time_budget`` (``train.max_minutes``) a scheduler that needs the run's length must
+    follow the clock instead; one that cannot is refused with one line.
+    """
     if scheduler_cfg is None or scheduler_cfg.get("_target_") is None:
         return None, ScheduleKind(per_step=False, run_length=False)
     from hydra.utils import get_class
@@ -108,6 +116,12 @@ def build_scheduler(
     except Exception as e:
         raise EffdetsegError(f"train.scheduler._target_: {_first_line(e)}") from None
     kind = schedule_kind(target)
+    if time_budget and kind.run_length and not kind.follows_time:
+        raise EffdetsegError(
+            f"train.scheduler: {name} needs the run's length in steps, which train.max_minutes does not fix; use "
+            "effdetseg.engine.schedulers.WarmupCosineLR or WarmupPolyLR (they follow the elapsed time), a per-epoch "
+            "scheduler, or train.num_epochs instead of train.max_minutes"
+        )
     extra: dict[str, Any] = {"optimizer": optimizer}
     if kind.run_length:
         extra.update(epochs=epochs, steps_per_epoch=steps_per_epoch)

@@ -23,6 +23,7 @@ class DistributedContext:
     local_rank: int
     world_size: int
     device: torch.device
+    local_world_size: int = 1  # processes on this machine (they share its cores and memory)
 
     @property
     def is_main(self) -> bool:
@@ -38,13 +39,14 @@ def init_distributed(device_name: str = "auto") -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device, local_world_size=local_world_size)
 
 
 def cleanup_distributed() -> None:
@@ -64,6 +66,15 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= dist.get_world_size()
     return value
+
+
+def broadcast_floats(values: list[float], device: torch.device, src: int = 0) -> list[float]:
+    """Rank ``src``'s numbers on every rank (decisions every rank must take alike: the time budget's)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.broadcast(tensor, src=src)
+        return tensor.tolist()
+    return values
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

@@ -8,6 +8,7 @@ own config.yaml as the base of the config (``train_config``).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,21 +151,49 @@ def train_config(overrides: Sequence[str]) -> tuple[DictConfig, Path | None]:
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Ranges and consistency the types cannot say (the schema has checked the types)."""
-    positive = ("train.num_epochs", "train.loss.accumulation_iter", "validation.epoch_step", "data.batch_size",
+    """Ranges and consistency the types cannot say (the schema has checked the types), before
+    anything is built or written: each bad value is one error line naming its key."""
+    _check_finite_numbers(cfg, "")
+    positive = ("train.num_epochs", "train.loss.accumulation_iter", "data.batch_size",
                 "validation.batch_size", "train.model.num_classes")
     for key in positive:
         if OmegaConf.select(cfg, key) < 1:
             raise EffdetsegError(f"{key} must be a positive integer, got {OmegaConf.select(cfg, key)}")
-    for key in ("data.num_workers", "validation.num_workers", "train.checkpoint_every_steps", "train.checkpoint_every_minutes"):
+    for key in ("validation.epoch_step", "train.checkpoint_every_steps", "train.checkpoint_every_minutes"):
         if OmegaConf.select(cfg, key) < 0:
             raise EffdetsegError(f"{key} must not be negative, got {OmegaConf.select(cfg, key)}")
-    clip = cfg.train.clip_grad_norm
-    if clip is not None and clip <= 0:
-        raise EffdetsegError(f"train.clip_grad_norm must be a positive number or null, got {clip}")
+    for key, least in (("data.num_workers", 0), ("validation.num_workers", 0), ("train.threads", 1)):
+        value = OmegaConf.select(cfg, key)
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            raise EffdetsegError(f"{key} must be auto or an integer of at least {least}, got {value!r}")
+    for key in ("train.clip_grad_norm", "train.max_minutes"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value <= 0:
+            raise EffdetsegError(f"{key} must be a positive number or null, got {value}")
+    if cfg.train.decoder_lr_scale <= 0:
+        raise EffdetsegError(f"train.decoder_lr_scale must be positive (the decoder's lr = lr × this), got {cfg.train.decoder_lr_scale}")
+    lr = cfg.train.optimizer.get("lr")
+    if isinstance(lr, (int, float)) and lr <= 0:
+        raise EffdetsegError(f"train.optimizer.lr must be positive, got {lr}")
+    if cfg.train.ema.enabled and not 0.0 < cfg.train.ema.decay < 1.0:
+        raise EffdetsegError(f"train.ema.decay must be between 0 and 1, got {cfg.train.ema.decay}")
     if cfg.train.model.num_classes != cfg.data.num_classes:
         raise EffdetsegError(
             f"train.model.num_classes ({cfg.train.model.num_classes}) differs from data.num_classes ({cfg.data.num_classes})"
         )
     if not cfg.train.optimizer or "_target_" not in cfg.train.optimizer:
         raise EffdetsegError("train.optimizer needs a _target_ (e.g. torch.optim.AdamW)")
+
+
+def _check_finite_numbers(value: object, key: str) -> None:
+    """No NaN or infinity anywhere in the config (a NaN learning rate would train on NaN weights)."""
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite_numbers(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite_numbers(item, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise EffdetsegError(f"{key}: {value} is not a finite number")

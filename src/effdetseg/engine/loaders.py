@@ -1,22 +1,32 @@
-"""DataLoaders for training and validation, with data order and augmentation fixed by (seed, epoch).
+"""DataLoaders for training and validation, the CPU plan behind them, and a data order and
+augmentation fixed by (seed, epoch, sample).
 
-The training order comes from a DistributedSampler seeded by (seed, epoch); the augmentation from
-the dataset's seeding hook, ``set_epoch(epoch, seed)`` (see :class:`effdetseg.data.AugmentedDataset`),
-which this loader calls before every epoch — in every worker with a seed drawn from
-(seed, epoch, rank, worker), or in the process itself without workers. Workers are started afresh
-each epoch, so their seeds follow the epoch, and a resumed epoch replays exactly.
+The training order comes from a DistributedSampler seeded by (seed, epoch); every sample travels
+to the dataset with its own augmentation seed, drawn from (seed, epoch, index) (``SeededOrder``),
+so what a sample looks like does not depend on which worker or process loads it, on how many
+workers there are, or on where in the epoch a resumed run starts. Workers can therefore live as
+long as the run (``persistent_workers``) instead of being started afresh every epoch.
+
+On a machine with few cores, DataLoader workers and the compute threads compete for the same
+cores: ``plan_cpu`` chooses both together (``train.threads``, ``data.num_workers``: ``auto`` or a
+number).
 """
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..data import collate_list, collate_pad
 from ..errors import EffdetsegError
 from .distributed import DistributedContext, ShardSampler
+
+AUTO = "auto"
 
 
 def derive_seed(*parts: int) -> int:
@@ -24,30 +34,87 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
-def _set_epoch(dataset: Dataset, epoch: int, seed: int) -> None:
-    hook = getattr(dataset, "set_epoch", None)
-    if hook is not None:
-        hook(epoch, seed)
+@dataclass(frozen=True)
+class CpuPlan:
+    """Compute threads of this process and DataLoader workers, chosen together."""
+
+    threads: int
+    workers: int
+    why: str
 
 
-class _WorkerSeeder:
-    """``worker_init_fn``: seeds Python, NumPy and the dataset's augmentation in each worker."""
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
-    def __init__(self) -> None:
-        self.epoch = 0  # set before each epoch's workers start (they copy this object)
 
-    def __call__(self, worker_id: int) -> None:
-        # torch.initial_seed() in a worker = the loader generator's per-epoch base seed + worker_id.
-        seed = torch.initial_seed() % 2**32
-        np.random.seed(seed)
-        random.seed(seed)
-        info = torch.utils.data.get_worker_info()
-        if info is not None:
-            _set_epoch(info.dataset, self.epoch, derive_seed(seed, worker_id))
+def plan_cpu(device: torch.device, threads: object, workers: object, cached: bool, processes_here: int = 1) -> CpuPlan:
+    """``train.threads`` and ``data.num_workers`` (each ``auto`` or a number) for this process.
+
+    ``auto`` on the CPU: every core of this process's share computes; data comes from the
+    process itself when it is decoded in memory (augmenting a batch costs a few percent of a step,
+    and nothing then competes with the compute threads), else from one worker that decodes while
+    the step runs. On CUDA the host only feeds the device: up to 8 workers, one core left to the
+    process that drives the GPU.
+    """
+    cores = max(1, available_cores() // max(1, processes_here))
+    if device.type == "cuda":
+        auto_threads, auto_workers = min(cores, 4), min(8, max(1, cores - 1))
+        why = [f"{cores} core(s) per process feeding {device}"]
+    else:
+        auto_threads, auto_workers = cores, 0 if cached else 1
+        why = [f"{cores} core(s) per process", "data decoded in memory, augmented in the training process" if cached
+               else "one worker decodes while the step computes"]
+    if threads != AUTO:
+        why.append(f"train.threads={threads}")
+    if workers != AUTO:
+        why.append(f"data.num_workers={workers}")
+    return CpuPlan(
+        threads=auto_threads if threads == AUTO else int(threads),  # type: ignore[arg-type]
+        workers=auto_workers if workers == AUTO else int(workers),  # type: ignore[arg-type]
+        why="; ".join(why),
+    )
+
+
+def _init_worker(worker_id: int) -> None:
+    """``worker_init_fn``: NumPy and Python generators from the worker's own torch seed (for
+    transforms that use the global generators), and OpenCV on one thread: a worker is one of the
+    processes sharing the cores, and OpenCV's own thread pool would compete with the compute threads."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class SeededOrder(Sampler[tuple[int, int]]):
+    """One epoch of ``sampler``'s order as ``(index, augmentation seed)`` keys, from position ``start``
+    on (a resumed epoch skips the samples already trained on: nothing of them is loaded again)."""
+
+    def __init__(self, sampler: DistributedSampler, seed: int) -> None:
+        self.sampler = sampler
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.sampler):
+            if position >= self.start:
+                yield index, derive_seed(self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start
 
 
 class TrainLoader:
-    """The training DataLoader; call ``epoch(n)`` for the iterator of epoch ``n`` (seeded by it)."""
+    """The training DataLoader; ``epoch(n, start_batch)`` returns the loader for epoch ``n``."""
 
     def __init__(self, dataset: Dataset, batch_size: int, num_workers: int, seed: int, ctx: DistributedContext) -> None:
         if len(dataset) < batch_size * ctx.world_size:
@@ -57,36 +124,29 @@ class TrainLoader:
             )
         self.dataset = dataset
         self.batch_size = batch_size
-        self.seed = seed
         self.ctx = ctx
-        self.num_workers = num_workers
         # DistributedSampler also in one process: the order is a function of (seed, epoch) alone.
-        self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True)
-        self.generator = torch.Generator()
-        self.worker_seeder = _WorkerSeeder()
+        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True)
+        self.batches_per_epoch = len(sampler) // batch_size
+        self.order = SeededOrder(sampler, seed)
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=self.sampler,
+            sampler=self.order,
             num_workers=num_workers,
             collate_fn=collate_pad,
             pin_memory=ctx.device.type == "cuda",
             drop_last=True,  # a last batch of one image breaks BatchNorm
-            worker_init_fn=self.worker_seeder if num_workers > 0 else None,
-            generator=self.generator,
-            persistent_workers=False,  # fresh workers each epoch: their seeds follow the epoch
+            worker_init_fn=_init_worker if num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=num_workers > 0,
         )
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.batches_per_epoch
 
-    def epoch(self, epoch: int) -> DataLoader:
-        self.sampler.set_epoch(epoch)
-        epoch_seed = derive_seed(self.seed, epoch, self.ctx.rank)
-        self.generator.manual_seed(epoch_seed)
-        self.worker_seeder.epoch = epoch
-        if self.num_workers == 0:
-            _set_epoch(self.dataset, epoch, epoch_seed)
+    def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
+        self.order.set_epoch(epoch, start_batch * self.batch_size)
         return self.loader
 
 
@@ -100,4 +160,6 @@ def val_loader(dataset: Dataset, batch_size: int, num_workers: int, ctx: Distrib
         num_workers=num_workers,
         collate_fn=collate_list,
         pin_memory=False,
+        worker_init_fn=_init_worker if num_workers > 0 else None,
+        persistent_workers=num_workers > 0,
     )

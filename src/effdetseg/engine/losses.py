@@ -42,14 +42,12 @@ class RegionLoss(nn.Module):
         probs = logits.float().softmax(dim=1)
         valid = target != self.ignore_index
         safe_target = torch.where(valid, target, torch.zeros_like(target))
-        one_hot = F.one_hot(safe_target, num_classes).permute(0, 3, 1, 2).to(probs.dtype)
-        valid = valid.unsqueeze(1).to(probs.dtype)
-        probs = probs * valid
-        one_hot = one_hot * valid
-        dims = (0, 2, 3)
-        intersection = (probs * one_hot).sum(dims)
-        target_area = one_hot.sum(dims)
-        pred_area = probs.sum(dims)
+        pred_area = (probs * valid.unsqueeze(1)).sum((0, 2, 3))
+        # Each pixel's probability of its own class, summed per class: the intersection, without
+        # a one-hot tensor of the batch (num_classes × the batch's pixels, the costly part).
+        own = probs.gather(1, safe_target.unsqueeze(1)).squeeze(1) * valid
+        intersection = probs.new_zeros(num_classes).index_add(0, safe_target.flatten(), own.flatten())
+        target_area = torch.bincount(safe_target[valid], minlength=num_classes).to(probs.dtype)
         if self.loss_type == "iou":
             union = pred_area + target_area - intersection
             score = (intersection + self.smooth) / (union + self.smooth)

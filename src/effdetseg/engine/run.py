@@ -31,9 +31,9 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None, command: list[
     try:
         experiment_dir, lock = _claim_experiment(cfg, resume_dir, ctx.is_main)
         try:
-            if ctx.is_main:
-                exp.save_config(cfg, experiment_dir)
             trainer = Trainer(cfg, ctx, experiment_dir, resume=resume_dir is not None, command=command)
+            if ctx.is_main:  # once the run is set up: a resume that is refused changes nothing
+                exp.save_config(cfg, experiment_dir)
             result = trainer.fit()
         except BaseException:
             # Failed before its first checkpoint: leave nothing that blocks running the same command again.

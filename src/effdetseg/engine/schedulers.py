@@ -8,10 +8,17 @@ CyclicLR per step, everything else — the original's ExponentialLR, StepLR, …
 scheduler class of your own can declare ``kind = ScheduleKind(per_step=True, run_length=True)``.
 
 ``WarmupPolyLR`` and ``WarmupCosineLR``: linear warm-up from ``warmup_factor × lr`` over
-``warmup_epochs``, then poly (DeepLab's ``(1 − progress)^power``) or half-cosine decay down to
-``min_lr_ratio × lr``. Their state holds the position in the schedule; its shape (length,
-warm-up, power) comes from the config on every start, so ``resume=… train.num_epochs=40``
-stretches the schedule of a run that was to stop earlier.
+``warmup_epochs`` (or ``warmup_fraction`` of the run), then poly (DeepLab's ``(1 − progress)^power``)
+or half-cosine decay down to ``min_lr_ratio × lr``. Their state holds the position in the schedule;
+its shape (length, warm-up, power) comes from the config on every start, so
+``resume=… train.num_epochs=40`` stretches the schedule of a run that was to stop earlier.
+
+Under a time budget (``train.max_minutes``) the run's length in steps is not known in advance:
+schedulers that declare ``follows_time`` (effdetseg's) take the elapsed fraction of the budget as
+their progress (``set_time_fraction`` before each ``step``), so warm-up (given as a fraction) and
+decay are fractions of the budget; per-epoch schedulers (ExponentialLR, StepLR, …) need no length
+and step per epoch as usual; a scheduler that needs the run's length but cannot follow the clock
+(OneCycleLR) is refused up front with one line.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from torch.optim.lr_scheduler import LRScheduler
 class ScheduleKind:
     per_step: bool  # stepped after every optimizer step; else after every epoch
     run_length: bool  # constructed with epochs= and steps_per_epoch=
+    follows_time: bool = False  # has set_time_fraction(): its progress can be the elapsed fraction of a time budget
 
 
 PER_EPOCH = ScheduleKind(per_step=False, run_length=False)
@@ -48,9 +56,9 @@ def schedule_kind(scheduler_class: type) -> ScheduleKind:
 class WarmupSchedule(LRScheduler):
     """``lr = base_lr × factor(step)``: linear warm-up, then ``decay(progress)`` with progress 0 → 1."""
 
-    kind = ScheduleKind(per_step=True, run_length=True)
+    kind = ScheduleKind(per_step=True, run_length=True, follows_time=True)
     # What a checkpoint restores; the rest of the state (the schedule's shape) comes from the config.
-    POSITION = ("last_epoch", "_step_count", "base_lrs", "_last_lr")
+    POSITION = ("last_epoch", "_step_count", "base_lrs", "_last_lr", "time_fraction")
 
     def __init__(
         self,
@@ -60,22 +68,44 @@ class WarmupSchedule(LRScheduler):
         warmup_epochs: float = 1.0,
         warmup_factor: float = 0.01,
         min_lr_ratio: float = 0.0,
+        warmup_fraction: float | None = None,
         last_epoch: int = -1,
     ) -> None:
         self.total_steps = max(1, int(epochs) * int(steps_per_epoch))
-        self.warmup_steps = min(max(0, round(warmup_epochs * steps_per_epoch)), self.total_steps - 1)
+        self.warmup_fraction = None if warmup_fraction is None else float(warmup_fraction)
+        if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        warmup = self.warmup_fraction * self.total_steps if self.warmup_fraction is not None else warmup_epochs * steps_per_epoch
+        self.warmup_steps = min(max(0, round(warmup)), self.total_steps - 1)
         self.warmup_factor = float(warmup_factor)
         self.min_lr_ratio = float(min_lr_ratio)
+        self.time_fraction: float | None = None  # set under a time budget: the run's progress is the clock's
         super().__init__(optimizer, last_epoch)
 
     def decay(self, progress: float) -> float:
         raise NotImplementedError
 
+    def set_time_fraction(self, fraction: float) -> None:
+        """Follow a time budget: ``fraction`` (0 … 1) of it has elapsed; call before ``step()``."""
+        self.time_fraction = min(1.0, max(0.0, float(fraction)))
+
     def factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * self.decay(min(1.0, progress))
+        """``warm-up × decay(progress)``: warm-up over ``warmup_steps`` steps (or ``warmup_fraction`` of
+        the run); decay progress 0 → 1 from the end of warm-up to the end of the run, in steps, or
+        in elapsed time under a time budget."""
+        fraction = self.time_fraction
+        if fraction is None:  # the run's length in steps is known
+            warm = step / self.warmup_steps if step < self.warmup_steps else 1.0
+            progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        else:
+            start = self.warmup_fraction or 0.0
+            if self.warmup_fraction is not None:
+                warm = fraction / start if fraction < start else 1.0
+            else:  # warm-up counted in steps (warmup_epochs), decay in time
+                warm = step / self.warmup_steps if step < self.warmup_steps else 1.0
+            progress = (fraction - start) / (1.0 - start)
+        warm = self.warmup_factor + (1.0 - self.warmup_factor) * warm
+        return warm * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * self.decay(min(1.0, max(0.0, progress))))
 
     def get_lr(self) -> list[float]:
         return [base_lr * self.factor(self.last_epoch) for base_lr in self.base_lrs]
@@ -97,10 +127,11 @@ class WarmupPolyLR(WarmupSchedule):
         warmup_factor: float = 0.01,
         power: float = 0.9,
         min_lr_ratio: float = 0.0,
+        warmup_fraction: float | None = None,
         last_epoch: int = -1,
     ) -> None:
         self.power = float(power)
-        super().__init__(optimizer, epochs, steps_per_epoch, warmup_epochs, warmup_factor, min_lr_ratio, last_epoch)
+        super().__init__(optimizer, epochs, steps_per_epoch, warmup_epochs, warmup_factor, min_lr_ratio, warmup_fraction, last_epoch)
 
     def decay(self, progress: float) -> float:
         return (1.0 - progress) ** self.power

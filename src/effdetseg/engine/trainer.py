@@ -29,17 +29,20 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import build_dataset, build_label_set
+from ..data.cache import cache_datasets
+from ..data.check import coverage_problems, label_histogram
 from ..deploy.inference import segment
 from ..deploy.prepare import prepare_for_inference
 from ..devices import slow_bf16_warning
 from ..errors import EffdetsegError
-from ..io.record import Architecture, ModelRecord, Preprocessing, Provenance, read_model_file, unwrap, write_model_file
+from ..io.record import Architecture, ModelRecord, Preprocessing, Provenance, load_weights, read_model_file, unwrap, write_model_file
 from . import experiment as exp
+from .budget import PhaseTimes, TimeBudget
 from .builders import build_model, build_optimizer, build_scheduler, steps_per_epoch
 from .checkpoints import BEST, LAST, load_optimizer_state, load_training_state, rng_state, set_rng_state
-from .distributed import DistributedContext, all_reduce_mean, broadcast_buffers
+from .distributed import DistributedContext, all_reduce_mean, broadcast_buffers, broadcast_floats
 from .evaluate import evaluate
-from .loaders import TrainLoader, derive_seed, val_loader
+from .loaders import TrainLoader, derive_seed, plan_cpu, val_loader
 from .losses import build_loss
 from .metrics import SegmentationMetrics
 
@@ -135,10 +138,27 @@ def check_batch_norm_values(model: nn.Module, batch: int, size: tuple[int, int])
     )
 
 
+def check_same_architecture(saved: Architecture, configured: Architecture, checkpoint: Path, config: Path) -> None:
+    """A resumed run's weights must be those of the network its config builds (one error line)."""
+    def key(arch: Architecture) -> dict[str, Any]:
+        return {k: v for k, v in arch.config().items() if k not in ("backbone_pretrained", "pretrained")}
+
+    if key(saved) != key(configured):
+        changed = sorted(k for k in key(saved).keys() | key(configured).keys() if key(saved).get(k) != key(configured).get(k))
+        detail = ", ".join(f"{k}: {key(saved).get(k)!r} in the weights, {key(configured).get(k)!r} in the config" for k in changed)
+        raise EffdetsegError(
+            f"resume: {checkpoint} does not hold the network {config} describes ({detail}); resume with the config "
+            f"the run was trained with, or start a new run from these weights with train.model.weights={checkpoint}"
+        )
+
+
 class Trainer:
     def __init__(
         self, cfg: DictConfig, ctx: DistributedContext, experiment_dir: Path, resume: bool, command: list[str] | None = None
     ) -> None:
+        # The clock of train.max_minutes starts here: setting up (decoding the cache, building the
+        # model) is part of the run's time.
+        self.budget = TimeBudget(cfg.train.max_minutes)
         self.cfg = cfg
         self.command = command
         self.ctx = ctx
@@ -151,11 +171,23 @@ class Trainer:
         configure_determinism(bool(cfg.deterministic))
         seed_everything(int(cfg.seed) + ctx.rank)
 
+        cached = cfg.data.cache == "ram"
+        self.cpu = plan_cpu(self.device, cfg.train.threads, cfg.data.num_workers, cached, ctx.local_world_size)
+        torch.set_num_threads(self.cpu.threads)
+
         self.labels = build_label_set(cfg.data)
         self.num_classes = int(cfg.train.model.num_classes)
         self.ignore_index = int(cfg.data.ignore_index)
         self.train_set = build_dataset(cfg.data, "train")
         self.val_set = build_dataset(cfg.data, "val", normalize=False)  # uint8: the inference path normalizes
+        if cached:
+            start = time.perf_counter()
+            sets = cache_datasets({"train": self.train_set, "val": self.val_set}, ctx.local_world_size, self.cpu.threads)
+            self.train_set, self.val_set = sets["train"], sets["val"]
+            megabytes = sum(s.nbytes for s in sets.values()) / 2**20
+            self.log(f"data.cache=ram: {len(self.train_set)} train + {len(self.val_set)} val samples decoded once "
+                     f"({megabytes:.0f} MiB) in {time.perf_counter() - start:.1f}s")
+        self._check_class_coverage(exact=cached)
         self.preprocessing = training_preprocessing(cfg.data)
 
         self.model = build_model(cfg.train.model).to(self.device)
@@ -186,17 +218,22 @@ class Trainer:
         if cfg.train.model.optimizer_state and not resume:
             load_optimizer_state(self.optimizer, str(cfg.train.model.optimizer_state))
 
-        self.train_loader = TrainLoader(self.train_set, int(cfg.data.batch_size), int(cfg.data.num_workers), int(cfg.seed), ctx)
-        self.val_loader = val_loader(self.val_set, int(cfg.validation.batch_size), int(cfg.validation.num_workers), ctx)
+        self.train_loader = TrainLoader(self.train_set, int(cfg.data.batch_size), self.cpu.workers, int(cfg.seed), ctx)
+        val_workers = self.cpu.workers if cfg.validation.num_workers == "auto" else int(cfg.validation.num_workers)
+        self.val_loader = val_loader(self.val_set, int(cfg.validation.batch_size), val_workers, ctx)
         self.accumulation = int(cfg.train.loss.accumulation_iter)
         self.steps_per_epoch = steps_per_epoch(len(self.train_loader), self.accumulation)
-        self.scheduler, self.schedule = build_scheduler(cfg.train.scheduler, self.optimizer, self.num_epochs, self.steps_per_epoch)
+        self.scheduler, self.schedule = build_scheduler(
+            cfg.train.scheduler, self.optimizer, self.num_epochs, self.steps_per_epoch, time_budget=self.budget.enabled
+        )
         self.amp_dtype, use_scaler = resolve_amp(cfg.train, self.device)
         warning = slow_bf16_warning(self.device, self.amp_dtype, "train.amp=true")
         if warning:
             self.log(warning)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.clip = cfg.train.clip_grad_norm
+        # Reading a loss value makes the host wait for the device: on CUDA only every log_every steps.
+        self.check_every = 1 if self.device.type == "cpu" else max(1, int(cfg.train.log_every))
 
         self.checkpoint_every_steps = int(cfg.train.checkpoint_every_steps)
         self.checkpoint_every_s = 60.0 * float(cfg.train.checkpoint_every_minutes)
@@ -207,7 +244,8 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"epoch", "source", "miou", "matrix"}
         self.history: list[dict] = []
         self.resume_position: EpochPosition | None = None  # where in start_epoch a mid-epoch checkpoint stopped
-        self.pending_rng: dict | None = None  # set once the skipped batches are loaded again (see train_epoch)
+        self.validation_s: float | None = None  # the last validation's duration (the budget's reserve)
+        self.stopped_at: EpochPosition | None = None  # where the time budget ended the last epoch
         if resume:
             self._restore()
 
@@ -216,6 +254,18 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self.global_step if resume else None)
+
+    def _check_class_coverage(self, exact: bool) -> None:
+        """Stop before training on masks that hide a class behind the ignore label (0/255 foreground
+        masks); warn about classes without pixels when every mask is counted (a sample may miss
+        rare classes)."""
+        pixels = label_histogram(self.train_set, None if exact else 32)
+        problems, warnings = coverage_problems(pixels, self.labels.names, "data (train)")
+        if problems:
+            raise EffdetsegError(problems[0])
+        if exact:
+            for warning in warnings:
+                self.log(f"warning: {warning}")
 
     # ------------------------------------------------------------------ state
 
@@ -228,7 +278,8 @@ class Trainer:
             return
         file = load_training_state(path)
         state = file.training_state
-        self.model.load_state_dict(file.state_dict)
+        check_same_architecture(file.record.architecture, Architecture.of(self.model), path, self.dir / exp.CONFIG)
+        load_weights(self.model, file.state_dict, path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -239,6 +290,7 @@ class Trainer:
         self.start_epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.best = state.get("best")
+        self.budget.resume_from(float(state.get("budget_spent_s", 0.0)))
         rng = state["rng"]
         rng_list = rng if isinstance(rng, list) else [rng]
         position = EpochPosition.from_state(state.get("epoch_position"))
@@ -249,16 +301,14 @@ class Trainer:
             position = replace(position, batches=position.samples // batch)
             self.resume_position = position
         if len(rng_list) == self.ctx.world_size:
-            if position is not None and position.batches > 0:
-                self.pending_rng = rng_list[self.ctx.rank]
-            else:
-                set_rng_state(rng_list[self.ctx.rank])
+            set_rng_state(rng_list[self.ctx.rank])
         else:  # a different number of processes: seeded by (seed, epoch, rank) like the data order
             seed_everything(derive_seed(int(self.cfg.seed), self.start_epoch, self.ctx.rank))
         if self.ctx.is_main:
             self.history = exp.read_history(self.dir, self.start_epoch)
         where = f"epoch {self.start_epoch}" if position is None else f"batch {position.batches} of epoch {self.start_epoch + 1}"
-        self.log(f"resumed {self.dir} after {where} (optimizer step {self.global_step})")
+        clock = f", {self.budget.elapsed() / 60:.1f} of {self.budget.seconds / 60:g} minutes used" if self.budget.enabled else ""
+        self.log(f"resumed {self.dir} after {where} (optimizer step {self.global_step}{clock})")
 
     def _gather_rng(self) -> list[dict]:
         state = rng_state()
@@ -306,6 +356,7 @@ class Trainer:
             "best": self.best,
             "rng": rng,
             "epoch_position": position.to_state() if position is not None else None,
+            "budget_spent_s": self.budget.elapsed(),
         }
         write_model_file(self.dir / LAST, self._record(epoch, "model"), self.model.state_dict(), training_state)
         self.last_checkpoint_time = time.monotonic()
@@ -319,34 +370,43 @@ class Trainer:
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        loader = self.train_loader.epoch(epoch)
+    def _budget_state(self) -> tuple[float, bool]:
+        """(elapsed fraction of the budget, training must stop): rank 0's clock on every rank, so all
+        take the same learning rate and stop at the same step."""
+        fraction, over = broadcast_floats([self.budget.fraction(), float(self.budget.training_over())], self.device)
+        return fraction, bool(over)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch, or what the time budget leaves of it (``budget_over``: the budget ended it;
+        ``stopped_early``: before its last batch, at ``self.stopped_at``)."""
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        parts_sum: dict[str, torch.Tensor] = {}
+        skip = 0
+        if self.resume_position is not None:  # a mid-epoch checkpoint of this epoch
+            position = self.resume_position
+            loss_sum += position.loss_sum
+            parts_sum = {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in position.parts_sum.items()}
+            skip = position.batches
+            self.resume_position = None
+        loader = self.train_loader.epoch(epoch, skip)
         self.train_model.train()
-        batches = len(loader)
+        batches = len(self.train_loader)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         bar = tqdm(
-            loader, total=batches, desc=f"epoch {epoch + 1}/{self.num_epochs}", leave=False, dynamic_ncols=True,
-            disable=None if self.progress else True,  # None: a bar on terminals only, none in logs
+            enumerate(loader, start=skip), initial=skip, total=batches, desc=self._epoch_label(epoch), leave=False,
+            dynamic_ncols=True, disable=None if self.progress else True,  # None: a bar on terminals only, none in logs
         )
-        loss_sum, parts_sum, seen, skip = 0.0, {}, 0, 0
-        if self.resume_position is not None:  # a mid-epoch checkpoint of this epoch
-            loss_sum, parts_sum, skip = self.resume_position.loss_sum, dict(self.resume_position.parts_sum), self.resume_position.batches
-            self.resume_position = None
+        times = PhaseTimes()
+        trained, images_seen, stopped_early, budget_over, i = 0, 0, False, False, skip - 1
+        self.stopped_at = None
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(bar):
-            if i < skip:
-                # Trained on before the checkpoint: loaded again (not trained) so that the data
-                # pipeline's random streams stand where they stood; the generators of the training
-                # itself are restored after the last of them, before the next batch is loaded.
-                if i == skip - 1 and self.pending_rng is not None:
-                    set_rng_state(self.pending_rng)
-                    self.pending_rng = None
-                continue
+        for i, batch in bar:
             images = batch["image"].to(self.device, non_blocking=True)
             masks = batch["mask"].to(self.device, non_blocking=True)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            times.lap("data")
             sync = (i + 1) % self.accumulation == 0 or i + 1 == batches
             no_sync = self.train_model.no_sync() if self.ctx.is_distributed and not sync else nullcontext()
             with no_sync:
@@ -358,34 +418,70 @@ class Trainer:
                             raise
                         check_batch_norm_values(self.model, self.batch_norm_batch, tuple(images.shape[-2:]))
                         raise
+                times.lap("forward")
                 loss, parts = self.criterion(logits, masks)
-                loss_value = float(all_reduce_mean(loss.detach()))
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"loss is {loss_value} at epoch {epoch + 1}, batch {i + 1}/{batches} (optimizer step "
-                        f"{self.global_step + 1}); stopped. Last good checkpoint: {self.dir / LAST}. "
-                        "Try a lower train.optimizer.lr, train.clip_grad_norm=1.0 or train.amp=false"
-                    )
+                times.lap("loss")
                 # Micro-batches of an accumulated step may differ in size (the epoch's last step).
                 group = min(self.accumulation, batches - (i // self.accumulation) * self.accumulation)
                 self.scaler.scale(loss / group).backward()
-            if sync:
-                self._optimizer_step()
-            loss_sum += loss_value
+                times.lap("backward")
+            loss_sum += loss.detach()
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
-            seen += images.shape[0] * self.ctx.world_size
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}", lr=f"{self._lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
-            if sync and i + 1 < batches and self._mid_epoch_checkpoint_due():
-                samples = (i + 1) * self.train_loader.batch_size * self.ctx.world_size
-                self._save_last(epoch, EpochPosition(i + 1, samples, loss_sum, dict(parts_sum)))
-        if self.scheduler is not None and not self.schedule.per_step:
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
+            trained += 1
+            images_seen += images.shape[0] * self.ctx.world_size
+            if trained % self.check_every == 0 or i + 1 == batches:
+                self._check_finite(loss_sum, epoch, i, batches)
+                times.lap("host sync")
+            if sync:
+                budget_over = self._optimizer_step(times)
+                if self.progress:
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", lr=f"{self._lr():.2e}",
+                                    img_s=f"{images_seen / max(elapsed, 1e-9):.1f}", refresh=False)
+                times.lap("logging")
+                if budget_over or (i + 1 < batches and self._mid_epoch_checkpoint_due()):
+                    samples = (i + 1) * self.train_loader.batch_size * self.ctx.world_size
+                    position = EpochPosition(i + 1, samples, float(loss_sum), {k: float(v) for k, v in parts_sum.items()})
+                    if budget_over:
+                        if i + 1 < batches:  # the run's last.pth (written by fit) keeps the position
+                            stopped_early, self.stopped_at = True, position
+                        break
+                    self._save_last(epoch, position)
+                    times.lap("checkpoint")
+        if self.scheduler is not None and not self.schedule.per_step and not stopped_early:
             self.scheduler.step()
         elapsed = time.perf_counter() - start
-        result = {"train_loss": loss_sum / max(batches, 1), "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
-        result.update({f"train_loss_{k}": v / max(batches, 1) for k, v in parts_sum.items()})
+        done = max(i + 1, 1)
+        result: dict[str, Any] = {
+            "train_loss": float(loss_sum) / done,
+            "steps": trained // self.accumulation if trained else 0,
+            "images": images_seen,
+            "images_per_s": images_seen / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+            "time_s": times.rounded(),
+            "stopped_early": stopped_early,
+            "budget_over": budget_over,
+        }
+        result.update({f"train_loss_{k}": float(v) / done for k, v in parts_sum.items()})
         return result
+
+    def _epoch_label(self, epoch: int) -> str:
+        if self.budget.enabled:
+            return f"epoch {epoch + 1} ({self.budget.elapsed() / 60:.1f}/{self.budget.seconds / 60:g} min)"
+        return f"epoch {epoch + 1}/{self.num_epochs}"
+
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, i: int, batches: int) -> None:
+        """Stop on a NaN/inf loss (one host sync; under DDP every rank sees the same mean)."""
+        value = float(all_reduce_mean(loss_sum)) if self.ctx.is_distributed else float(loss_sum)
+        if math.isfinite(value):
+            return
+        last = self.dir / LAST
+        where = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"loss is {value} at epoch {epoch + 1}, batch {i + 1}/{batches} (optimizer step {self.global_step + 1}); stopped, "
+            f"{where}. Try a lower train.optimizer.lr, train.clip_grad_norm=1.0 or train.amp=false"
+        )
 
     def _mid_epoch_checkpoint_due(self) -> bool:
         """``train.checkpoint_every_steps`` / ``_minutes``; under DDP every rank takes rank 0's clock."""
@@ -393,13 +489,12 @@ class Trainer:
         if self.checkpoint_every_s > 0:
             late = time.monotonic() - self.last_checkpoint_time >= self.checkpoint_every_s
             if self.ctx.is_distributed:
-                flag = torch.tensor([float(late)], device=self.device)
-                dist.broadcast(flag, 0)
-                late = bool(flag.item())
+                late = bool(broadcast_floats([float(late)], self.device)[0])
             due = due or late
         return due
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, times: PhaseTimes) -> bool:
+        """Clip, step, EMA, schedule; True when the time budget says training must stop now."""
         if self.clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.clip))
@@ -407,12 +502,20 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+        times.lap("optimizer")
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
+            times.lap("EMA")
+        stop = False
+        if self.budget.enabled:
+            fraction, stop = self._budget_state()
+            if self.schedule.follows_time:
+                self.scheduler.set_time_fraction(fraction)  # type: ignore[union-attr]
         if self.scheduler is not None and self.schedule.per_step:
             self.scheduler.step()
         if self.writer is not None and self.global_step % max(1, int(self.cfg.train.log_every)) == 0:
             self.writer.add_scalar("train/lr", self._lr(), self.global_step)
+        return stop
 
     def validate(self, module: nn.Module, name: str) -> SegmentationMetrics:
         """Metrics of ``module`` on the validation set, through the inference path of ``predict``;
@@ -429,34 +532,78 @@ class Trainer:
         )
         return matrix.compute()
 
+    def _estimate_finish_s(self) -> float:
+        """Seconds the end of the run needs after its last step — validation of the model (and
+        EMA), checkpoints, plots — from the last validation's duration, or before any from a timed
+        pass over one validation image, with a margin."""
+        validations = 2 if self.ema is not None else 1
+        grid = min(int(self.cfg.validation.grid_images), len(self.val_set))
+        if self.validation_s is not None:
+            per_image = self.validation_s / max(1, validations * math.ceil(len(self.val_set) / self.ctx.world_size))
+        else:
+            prepared = prepare_for_inference(self.model, self.device)
+            image = self.val_set[0]["image"]
+            for _ in range(2):  # the second pass: the first also builds the kernels
+                begin = time.perf_counter()
+                segment(prepared, [image], self.preprocessing, amp_dtype=self.amp_dtype)
+                per_image = time.perf_counter() - begin
+        images = validations * math.ceil(len(self.val_set) / self.ctx.world_size) + grid
+        return 1.25 * per_image * images + 5.0  # + checkpoints and plots
+
     def fit(self) -> TrainResult | None:
         names = self.labels.names
-        if self.start_epoch == 0:
+        if self.start_epoch == 0 and self.resume_position is None:
+            length = (f"a time budget of {self.cfg.train.max_minutes:g} minutes (train.num_epochs is not used)" if self.budget.enabled
+                      else f"{self.num_epochs} epochs")
             self.log(
                 f"training {self.cfg.train.model.name} on {self.cfg.data.name}: {len(self.train_set)} train / "
-                f"{len(self.val_set)} val images, {self.num_epochs} epochs × {self.steps_per_epoch} steps, "
+                f"{len(self.val_set)} val images, {length}, {self.steps_per_epoch} steps an epoch, "
                 f"device {self.device}" + (f" × {self.ctx.world_size} processes" if self.ctx.is_distributed else "")
+                + f"; {self.cpu.threads} thread(s), {self.train_loader.loader.num_workers} data worker(s) ({self.cpu.why})"
             )
+        if self.budget.enabled:
+            self.budget.reserve_s = broadcast_floats([self._estimate_finish_s()], self.device)[0]
+            if self.budget.training_over():
+                raise EffdetsegError(
+                    f"train.max_minutes={self.cfg.train.max_minutes:g}: {self.budget.elapsed() / 60:.1f} minutes are used and the end "
+                    f"of the run needs about {self.budget.reserve_s:.0f}s; raise train.max_minutes to train on"
+                )
         epoch_step = int(self.cfg.validation.epoch_step)
-        for epoch in range(self.start_epoch, self.num_epochs):
+        epoch = self.start_epoch
+        while self.budget.enabled or epoch < self.num_epochs:
             stats = self.train_epoch(epoch)
+            done = epoch if stats.pop("stopped_early") else epoch + 1  # complete epochs
+            last = stats.pop("budget_over") if self.budget.enabled else done == self.num_epochs
             record: dict[str, Any] = {"epoch": epoch + 1, "global_step": self.global_step, "lr": self._lr(), **stats}
-            done = epoch + 1
-            if done % epoch_step == 0 or done == self.num_epochs:
-                self._validate_epoch(done, record)
-            self._save_last(done)
+            if last or (epoch_step and done % epoch_step == 0 and done == epoch + 1):
+                began = time.perf_counter()
+                self._validate_epoch(epoch + 1, record)
+                record["validation_s"] = self.validation_s = time.perf_counter() - began
+                if self.budget.enabled and not last:
+                    self.budget.reserve_s = broadcast_floats([self._estimate_finish_s()], self.device)[0]
+            self._save_last(done, self.stopped_at)
             if self.ctx.is_main:
                 self.history.append(record)
                 exp.append_history(self.dir, record)
                 self._log_epoch(record)
+            if last:
+                break
+            epoch += 1
         if self.writer is not None:
             self.writer.close()
+        if self.budget.enabled:
+            self.log(f"the {self.cfg.train.max_minutes:g}-minute budget gave {self.global_step} optimizer steps "
+                     f"({self.global_step / max(1, self.steps_per_epoch):.1f} epochs)")
         if not self.ctx.is_main:
             return None
         if self.best is None:
             raise EffdetsegError("no validation ran: nothing to report")
         best_metrics = SegmentationMetrics.from_matrix(self.best["matrix"])
+        began = time.perf_counter()
         files = self._finish(best_metrics)
+        if self.budget.enabled:
+            self.log(f"finished after {self.budget.elapsed() / 60:.2f} of {self.cfg.train.max_minutes:g} minutes "
+                     f"(plots and the prediction grid: {time.perf_counter() - began:.1f}s; reserved for the end: {self.budget.reserve_s:.0f}s)")
         return TrainResult(self.dir, int(self.best["epoch"]), str(self.best["source"]), best_metrics, tuple(names), files)
 
     def _validate_epoch(self, epoch: int, record: dict[str, Any]) -> None:
@@ -486,8 +633,9 @@ class Trainer:
         if self.writer is not None:
             self.writer.add_scalar("train/epoch_loss", record["train_loss"], self.global_step)
             self.writer.add_scalar("train/images_per_s", record["images_per_s"], self.global_step)
+        of = "" if self.budget.enabled else f"/{self.num_epochs}"
         text = (
-            f"epoch {record['epoch']:>3}/{self.num_epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
+            f"epoch {record['epoch']:>3}{of}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
             f"{record['images_per_s']:.1f} img/s  {record['epoch_time_s']:.0f}s"
         )
         if record.get("val"):
