@@ -1,6 +1,7 @@
-"""Make docs/demo.png: `effdetseg demo` in headless chromium, showing a synthetic scene (no third-party photo).
+"""Make docs/demo.png: `effdetseg demo` in headless chromium, segmenting one image.
 
-    python docs/demo_screenshot.py experiments/NAME/best.pth docs/demo.png
+    python docs/demo_screenshot.py experiments/camvid_lite0/best.pth docs/demo.png ../shared/data/camvid/val/0016E5_07959.jpg
+    python docs/demo_screenshot.py experiments/NAME/best.pth docs/demo.png     # a synthetic scene
 
 Needs Debian's chromium and chromium-driver, and selenium (the test extra).
 """
@@ -25,10 +26,13 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,1000")
 
 
-def main(checkpoint: str, output: str, seed: int = 7, index: int = 0) -> None:
-    image, _ = render_scene(seed, index, 320, 448, SHAPES, objects_per_image=(3, 4), max_rotation=15)
-    scene = Path(tempfile.mkdtemp()) / "synthetic_scene.png"
-    Image.fromarray(image).save(scene)
+def main(checkpoint: str, output: str, image_path: str | None = None) -> None:
+    if image_path is None:
+        image, _ = render_scene(7, 0, 320, 448, SHAPES, objects_per_image=(3, 4), max_rotation=15)
+        scene = Path(tempfile.mkdtemp()) / "synthetic_scene.png"
+        Image.fromarray(image).save(scene)
+    else:
+        scene = Path(image_path).resolve()
     server = subprocess.Popen(
         [sys.executable, "-m", "effdetseg", "demo", "--checkpoint", checkpoint, "--port", "0", "--device", "cpu"],
         stdout=subprocess.PIPE, text=True,
@@ -51,4 +55,4 @@ def main(checkpoint: str, output: str, seed: int = 7, index: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(int(v) for v in sys.argv[3:]))
+    main(*sys.argv[1:4])

@@ -135,6 +135,7 @@ def test_predict_refuses_an_output_equal_to_its_input(tmp_path: Path, checkpoint
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_predict_into_its_input_folder_gives_every_image_its_own_files(tmp_path: Path, checkpoint: Path, capsys) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -152,6 +153,7 @@ def test_predict_into_its_input_folder_gives_every_image_its_own_files(tmp_path:
     assert f"{folder / 'a.jpg'}: its names would overwrite an input or another image's files; writing a_jpg_mask.png" in out
 
 
+@pytest.mark.slow
 def test_predict_replaces_an_earlier_run_only_with_overwrite(tmp_path: Path, checkpoint: Path, capsys) -> None:
     image = photo(tmp_path / "photo.jpg")
     out = tmp_path / "out"

@@ -137,6 +137,7 @@ def test_bad_upload_is_a_4xx_with_a_message_and_the_server_keeps_serving(
     assert segment_halves(url)["width"] == 60
 
 
+@pytest.mark.slow
 def test_model_card_summary_or_readme_beside_the_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = create_model("efficientdet_d0_seg", num_classes=3, bifpn_channels=16, head_channels=16)
@@ -178,6 +179,7 @@ def test_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_exported_onnx_file_serves_too(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = create_model("efficientdet_d0_seg", num_classes=3, bifpn_channels=16, head_channels=16).eval()

@@ -97,6 +97,7 @@ def test_card_without_validation_data_says_so(trained: dict, tmp_path: Path) -> 
     assert "No validation metrics" in card.text and "No prediction grid" in card.text
 
 
+@pytest.mark.slow
 def test_predict_on_the_folder_equals_predict_on_the_checkpoint(trained: dict, tmp_path: Path) -> None:
     images = sorted(VOC_IMAGES.glob("*.jpg"))[:2]
     if len(images) < 2:

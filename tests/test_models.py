@@ -159,6 +159,7 @@ def test_upsampler_starts_as_bilinear_and_stays_narrow() -> None:
     assert all(m.groups == 21 for m in model.upsample)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientdet_d0_seg", "efficientdet_d0_seg_p2"])
 def test_torchscript_scripting_matches_eager(name: str) -> None:
     model = build(name).eval()
@@ -168,6 +169,7 @@ def test_torchscript_scripting_matches_eager(name: str) -> None:
         torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_gives_the_same_gradients() -> None:
     torch.manual_seed(0)
     model = build("efficientdet_d0_seg").train()

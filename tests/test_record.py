@@ -60,6 +60,7 @@ def test_record_round_trip(tmp_path: Path, suffix: str) -> None:
         assert stored["labels"]["2"] == {"class": "car", "color": [255, 0, 0]}
 
 
+@pytest.mark.slow
 def test_files_written_by_effdetseg_0_1_0_still_load(tmp_path: Path) -> None:
     """The formats main wrote: a torch dict with model_config, labels {names, colors}, normalize and
     input_size (train's best.pth/last.pth, save_model's .pth); safetensors with the config in the
@@ -115,6 +116,7 @@ def test_files_written_by_effdetseg_0_1_0_still_load(tmp_path: Path) -> None:
     assert predictor.num_classes == 3 and predictor.labels is None and predictor.preprocessing.size == (32, 32)
 
 
+@pytest.mark.slow
 def test_wrapper_prefixes_are_stripped_in_one_place(tmp_path: Path) -> None:
     model = tiny()
     ddp_compiled = {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}

@@ -121,6 +121,7 @@ def test_allowlist_by_kind_and_the_names_of_0_1_0() -> None:
             check_target(name, "key")
 
 
+@pytest.mark.slow
 def test_checkpoint_metadata_is_never_instantiated(tmp_path: Path, capsys) -> None:
     """A record carrying a hostile training config: evaluate reads the preset's name only."""
     marker = tmp_path / "marker"

@@ -431,15 +431,15 @@ class Trainer:
             trained += 1
             images_seen += images.shape[0] * self.ctx.world_size
             if trained % self.check_every == 0 or i + 1 == batches:
-                self._check_finite(loss_sum, epoch, i, batches)
+                mean_loss = self._check_finite(loss_sum, epoch, i, batches) / (i + 1)
                 times.lap("host sync")
-            if sync:
-                budget_over = self._optimizer_step(times)
                 if self.progress:
                     elapsed = time.perf_counter() - start
-                    bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", lr=f"{self._lr():.2e}",
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self._lr():.2e}",
                                     img_s=f"{images_seen / max(elapsed, 1e-9):.1f}", refresh=False)
-                times.lap("logging")
+                    times.lap("logging")
+            if sync:
+                budget_over = self._optimizer_step(times)
                 if budget_over or (i + 1 < batches and self._mid_epoch_checkpoint_due()):
                     samples = (i + 1) * self.train_loader.batch_size * self.ctx.world_size
                     position = EpochPosition(i + 1, samples, float(loss_sum), {k: float(v) for k, v in parts_sum.items()})
@@ -471,11 +471,12 @@ class Trainer:
             return f"epoch {epoch + 1} ({self.budget.elapsed() / 60:.1f}/{self.budget.seconds / 60:g} min)"
         return f"epoch {epoch + 1}/{self.num_epochs}"
 
-    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, i: int, batches: int) -> None:
-        """Stop on a NaN/inf loss (one host sync; under DDP every rank sees the same mean)."""
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, i: int, batches: int) -> float:
+        """The epoch's loss sum so far (one host sync; under DDP the mean over ranks, so every rank
+        takes the same decision); a NaN/inf loss stops the run."""
         value = float(all_reduce_mean(loss_sum)) if self.ctx.is_distributed else float(loss_sum)
         if math.isfinite(value):
-            return
+            return value
         last = self.dir / LAST
         where = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written"
         raise TrainingDiverged(
