@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from effdetseg.errors import EffdetsegError
-from effdetseg.engine.losses import RegionLoss, build_loss
+from effdetseg.engine.losses import LovaszSoftmaxLoss, RegionLoss, build_loss
 
 IGNORE = 255
 
@@ -114,3 +114,42 @@ def test_config_errors_name_the_key() -> None:
         build_loss(OmegaConf.create({"distribution": ce, "region": None}), 3)
     with pytest.raises(EffdetsegError, match="both distribution and region are disabled"):
         build_loss(OmegaConf.create({"distribution": None, "region": None}), 3)
+
+
+def test_lovasz_equals_one_minus_iou_on_hard_predictions() -> None:
+    """At a hard (one-hot) prediction the Lovász extension is the Jaccard loss itself."""
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, 0, :4] = 255
+    prediction = torch.randint(0, 3, (2, 8, 8))
+    logits = F.one_hot(prediction, 3).permute(0, 3, 1, 2).float() * 60.0
+    valid = target != 255
+    ious = []
+    for c in range(3):
+        p, t = (prediction == c) & valid, (target == c) & valid
+        if t.any():
+            ious.append((p & t).sum().item() / (p | t).sum().item())
+    expected = 1.0 - sum(ious) / len(ious)
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_lovasz_gradient_lowers_the_loss_and_all_ignored_is_zero() -> None:
+    torch.manual_seed(0)
+    target = torch.randint(0, 4, (2, 16, 16))
+    logits = torch.randn(2, 4, 16, 16, requires_grad=True)
+    loss = LovaszSoftmaxLoss()
+    before = loss(logits, target)
+    before.backward()
+    after = loss(logits.detach() - 5.0 * logits.grad, target)
+    assert after.item() < before.item()
+    ignored = loss(torch.randn(1, 4, 4, 4, requires_grad=True), torch.full((1, 4, 4), 255))
+    assert ignored.item() == 0.0 and ignored.requires_grad
+
+
+def test_lovasz_is_a_region_term_of_the_config() -> None:
+    loss = build_loss({
+        "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": 255},
+        "region": {"_target_": "effdetseg.engine.losses.LovaszSoftmaxLoss", "ignore_index": 255},
+    }, num_classes=4)
+    total, parts = loss(torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8)))
+    assert set(parts) == {"distribution", "region"} and torch.isfinite(total)

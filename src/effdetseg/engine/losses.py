@@ -1,4 +1,4 @@
-"""The training loss: distribution (cross-entropy) + region (soft-IoU or soft-Dice), each weighted.
+"""The training loss: distribution (cross-entropy) + region (soft-IoU, soft-Dice or Lovász-softmax), each weighted.
 
 Cross-entropy scores every pixel on its own; the region term scores each class's overlap as a
 whole, so small objects and rare classes count as much as large ones. Ignored pixels (255) are
@@ -57,6 +57,40 @@ class RegionLoss(nn.Module):
         if not present.any():  # every pixel ignored: nothing to overlap, no gradient
             return logits.sum() * 0.0
         return (1.0 - score)[present].mean()
+
+
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovász-softmax (Berman et al., CVPR 2018): the tight convex surrogate of the IoU loss.
+
+    Per class, the pixels' errors ``|1[class] - p_class|`` are sorted and weighted by how much each
+    one changes the class's Jaccard index, so the loss equals ``1 - IoU`` wherever the prediction is
+    hard; unlike the soft IoU its gradient does not fade on the pixels that decide a thin class's
+    overlap. Pixels of the whole batch form one set per class; the loss is averaged over the classes
+    present in the batch's targets, ``ignore_index`` pixels left out.
+    """
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        num_classes = logits.shape[1]
+        probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).reshape(-1, num_classes)
+        target = target.reshape(-1)
+        valid = target != self.ignore_index
+        if not valid.any():  # every pixel ignored: no gradient
+            return logits.sum() * 0.0
+        probs, target = probs[valid], target[valid]
+        present = torch.bincount(target, minlength=num_classes) > 0
+        foreground = F.one_hot(target, num_classes)[:, present].to(probs.dtype)
+        errors = (foreground - probs[:, present]).abs()
+        errors, order = errors.sort(dim=0, descending=True)
+        foreground = foreground.gather(0, order)
+        # The Jaccard loss after the k largest errors of each class, and its increments (lovasz_grad).
+        total = foreground.sum(0)
+        jaccard = 1.0 - (total - foreground.cumsum(0)) / (total + (1.0 - foreground).cumsum(0))
+        increments = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        return (errors * increments).sum(0).mean()
 
 
 class SegmentationLoss(nn.Module):
