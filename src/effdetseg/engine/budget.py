@@ -47,6 +47,8 @@ class TimeBudget:
         self.spent_s = float(spent_s)
         self._start = time.monotonic()
         self.reserve_s = 0.0
+        self.step_s = 0.0  # the last optimizer step's duration: the next one is expected to take as long
+        self._last_step: float | None = None
 
     @property
     def enabled(self) -> bool:
@@ -67,9 +69,21 @@ class TimeBudget:
         usable = max(1e-9, self.seconds - self.reserve_s)
         return min(1.0, self.elapsed() / usable)
 
+    def step_done(self) -> None:
+        """Note the end of an optimizer step (its duration is the time since the last one)."""
+        now = time.monotonic()
+        if self._last_step is not None:
+            self.step_s = now - self._last_step
+        self._last_step = now
+
+    def pause(self) -> None:
+        """Time from here to the next step is not a step's (validation, the start of an epoch)."""
+        self._last_step = None
+
     def training_over(self) -> bool:
-        """Whether training must stop now so that the reserved finish still lands inside the budget."""
-        return self.seconds is not None and self.elapsed() + self.reserve_s >= self.seconds
+        """Whether training must stop now so that one more step and the reserved finish would not
+        still land inside the budget."""
+        return self.seconds is not None and self.elapsed() + self.step_s + self.reserve_s >= self.seconds
 
     def remaining(self) -> float:
         return math.inf if self.seconds is None else self.seconds - self.elapsed()

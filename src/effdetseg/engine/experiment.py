@@ -110,11 +110,16 @@ def append_line(path: Path, line: str) -> None:
 
 
 class Log:
-    """Print on rank 0 and append to train.log in the experiment directory."""
+    """Print on rank 0 and append to train.log in the experiment directory.
 
-    def __init__(self, experiment_dir: Path | None, enabled: bool) -> None:
+    With ``hold=True`` the lines are printed at once but reach train.log only at ``commit()``: a run
+    refused while it is being set up (e.g. ``resume=`` of another network) leaves its folder as it was.
+    """
+
+    def __init__(self, experiment_dir: Path | None, enabled: bool, hold: bool = False) -> None:
         self.path = experiment_dir / LOG if experiment_dir is not None else None
         self.enabled = enabled
+        self.held: list[str] | None = [] if hold else None
 
     def __call__(self, message: str) -> None:
         if not self.enabled:
@@ -122,8 +127,16 @@ class Log:
         from tqdm import tqdm
 
         tqdm.write(message)
-        if self.path is not None:
+        if self.held is not None:
+            self.held.append(message)
+        elif self.path is not None:
             append_line(self.path, message)
+
+    def commit(self) -> None:
+        """Write the held lines; later lines go straight to train.log."""
+        held, self.held = self.held or [], None
+        if self.enabled and self.path is not None and held:
+            append_line(self.path, "\n".join(held))
 
 
 def train_config(overrides: Sequence[str]) -> tuple[DictConfig, Path | None]:

@@ -13,7 +13,7 @@ import numpy as np
 from ..io.labels import LabelSet
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +24,7 @@ def _pyplot():
 
 def plot_curves(history: Sequence[dict], path: Path) -> None:
     """Train loss, validation mIoU (model and EMA) and learning rate by epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
@@ -52,7 +52,7 @@ def plot_curves(history: Sequence[dict], path: Path) -> None:
 
 def plot_class_iou(names: Sequence[str], iou: Sequence[float], colors: Sequence[Sequence[int]], path: Path, title: str) -> None:
     """Horizontal bars, one per class in its label color; classes absent from the data say n/a."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
     values = [0.0 if math.isnan(v) else 100 * v for v in iou]
     ys = np.arange(len(names))
@@ -77,7 +77,7 @@ def plot_prediction_grid(
     path: Path,
 ) -> None:
     """One row per image: image, ground truth, prediction; a legend of the classes below."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     from ..deploy.visualize import color_mask

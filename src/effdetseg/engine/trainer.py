@@ -164,7 +164,7 @@ class Trainer:
         self.ctx = ctx
         self.device = ctx.device
         self.dir = experiment_dir
-        self.log = exp.Log(experiment_dir, ctx.is_main)
+        self.log = exp.Log(experiment_dir, ctx.is_main, hold=True)  # train.log is written once set up
         self.progress = bool(cfg.train.progress) and ctx.is_main
         self.num_epochs = int(cfg.train.num_epochs)
 
@@ -254,6 +254,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self.global_step if resume else None)
+        self.log.commit()
 
     def _check_class_coverage(self, exact: bool) -> None:
         """Stop before training on masks that hide a class behind the ignore label (0/255 foreground
@@ -400,6 +401,7 @@ class Trainer:
         trained, images_seen, stopped_early, budget_over, i = 0, 0, False, False, skip - 1
         self.stopped_at = None
         start = time.perf_counter()
+        self.budget.pause()
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in bar:
             images = batch["image"].to(self.device, non_blocking=True)
@@ -509,6 +511,7 @@ class Trainer:
             times.lap("EMA")
         stop = False
         if self.budget.enabled:
+            self.budget.step_done()
             fraction, stop = self._budget_state()
             if self.schedule.follows_time:
                 self.scheduler.set_time_fraction(fraction)  # type: ignore[union-attr]
@@ -563,6 +566,9 @@ class Trainer:
                 + f"; {self.cpu.threads} thread(s), {self.train_loader.loader.num_workers} data worker(s) ({self.cpu.why})"
             )
         if self.budget.enabled:
+            from .plots import pyplot
+
+            pyplot()  # matplotlib's first import (~0.5 s) belongs to the setup, not to the reserved finish
             self.budget.reserve_s = broadcast_floats([self._estimate_finish_s()], self.device)[0]
             if self.budget.training_over():
                 raise EffdetsegError(
