@@ -153,3 +153,13 @@ def test_lovasz_is_a_region_term_of_the_config() -> None:
     }, num_classes=4)
     total, parts = loss(torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8)))
     assert set(parts) == {"distribution", "region"} and torch.isfinite(total)
+
+
+def test_lovasz_with_a_stride_scores_the_subsampled_pixels() -> None:
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 8, 8))
+    logits = torch.randn(2, 3, 8, 8)
+    expected = LovaszSoftmaxLoss()(logits[..., ::2, ::2], target[..., ::2, ::2])
+    assert LovaszSoftmaxLoss(stride=2)(logits, target).item() == pytest.approx(expected.item())
+    with pytest.raises(EffdetsegError, match="train.loss.region.stride"):
+        LovaszSoftmaxLoss(stride=0)

@@ -67,13 +67,22 @@ class LovaszSoftmaxLoss(nn.Module):
     hard; unlike the soft IoU its gradient does not fade on the pixels that decide a thin class's
     overlap. Pixels of the whole batch form one set per class; the loss is averaged over the classes
     present in the batch's targets, ``ignore_index`` pixels left out.
+
+    ``stride`` > 1 scores every stride-th pixel of each row and column: the sort over the batch's
+    pixels is most of the term's cost (CamVid, 8 × 256² crops on a 2-core CPU: longer than the
+    network's forward pass), and the IoU of a regular sample of pixels estimates the whole one's.
     """
 
-    def __init__(self, ignore_index: int = 255) -> None:
+    def __init__(self, ignore_index: int = 255, stride: int = 1) -> None:
         super().__init__()
+        if int(stride) < 1:
+            raise EffdetsegError(f"train.loss.region.stride: expected a positive integer, got {stride!r}")
         self.ignore_index = ignore_index
+        self.stride = int(stride)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            logits, target = logits[..., :: self.stride, :: self.stride], target[..., :: self.stride, :: self.stride]
         num_classes = logits.shape[1]
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).reshape(-1, num_classes)
         target = target.reshape(-1)
