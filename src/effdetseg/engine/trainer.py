@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..data import build_dataset, build_label_set
 from ..data.cache import cache_datasets
-from ..data.check import coverage_problems, label_histogram
+from ..data.check import class_pixels_per_image, coverage_problems, label_histogram
 from ..deploy.inference import segment
 from ..deploy.prepare import prepare_for_inference
 from ..devices import slow_bf16_warning
@@ -213,7 +213,9 @@ class Trainer:
         if cfg.train.compile:
             self.train_model = torch.compile(self.train_model)
 
-        self.criterion = build_loss(cfg.train.loss, self.num_classes).to(self.device)
+        self.criterion = build_loss(
+            cfg.train.loss, self.num_classes, lambda: class_pixels_per_image(self.train_set, self.num_classes)
+        ).to(self.device)
         self.optimizer = build_optimizer(cfg.train.optimizer, self.model, float(cfg.train.decoder_lr_scale))
         if cfg.train.model.optimizer_state and not resume:
             load_optimizer_state(self.optimizer, str(cfg.train.model.optimizer_state))
