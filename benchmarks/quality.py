@@ -12,7 +12,8 @@ The loss is effdetseg's (``effdetseg.engine.losses.build_loss``, cross-entropy a
 candidate changes it with the trainer's ``train.loss`` keys prefixed ``loss.``:
 ``efficientdet_d0_seg[loss.region._target_=effdetseg.engine.losses.LovaszSoftmaxLoss]``,
 ``smp_fpn[loss.distribution._target_=effdetseg.engine.losses.OhemCrossEntropyLoss,loss.distribution.min_kept=50000]``,
-``efficientdet_d0_seg[loss.class_weights=median_frequency]``.
+``efficientdet_d0_seg[loss.class_weights=median_frequency]``; training-only auxiliary heads with the
+trainer's ``train.aux_heads`` keys prefixed ``aux.``: ``efficientdet_d0_seg[aux.levels=[3,4,5],aux.weight=0.4]``.
 
 Two budgets, side by side: equal wall-clock (``--minutes`` of training per model; the cosine
 schedule follows the elapsed time) and equal optimizer steps (``--steps``). Each run is its own
@@ -173,13 +174,15 @@ def split_candidates(text: str) -> list[str]:
     return [item for item in items + [current.strip()] if item]
 
 
-LOSS_PREFIX = "loss."
+LOSS_PREFIX, AUX_PREFIX = "loss.", "aux."
 
 
-def split_training_options(overrides: dict) -> tuple[dict, dict]:
-    """(architecture overrides, ``train.loss`` overrides): candidate keys ``loss.KEY`` are the latter."""
+def split_training_options(overrides: dict) -> tuple[dict, dict, dict]:
+    """(architecture overrides, ``train.loss`` overrides, ``train.aux_heads`` overrides): candidate
+    keys ``loss.KEY`` and ``aux.KEY`` are the latter two."""
     loss = {k[len(LOSS_PREFIX):]: v for k, v in overrides.items() if k.startswith(LOSS_PREFIX)}
-    return {k: v for k, v in overrides.items() if not k.startswith(LOSS_PREFIX)}, loss
+    aux = {k[len(AUX_PREFIX):]: v for k, v in overrides.items() if k.startswith(AUX_PREFIX)}
+    return {k: v for k, v in overrides.items() if not k.startswith((LOSS_PREFIX, AUX_PREFIX))}, loss, aux
 
 
 def build_criterion(loss_overrides: dict, train_masks: np.ndarray):
@@ -223,7 +226,7 @@ def build_candidate(text: str):
     from effdetseg.models.weights import load_backbone_weights
 
     name, overrides = parse_candidate(text)
-    overrides, _ = split_training_options(overrides)
+    overrides = split_training_options(overrides)[0]
     if name in SMP_ARCHS:
         import segmentation_models_pytorch as smp
 
@@ -342,14 +345,24 @@ def run(spec: RunSpec) -> dict:
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
 
+    _, loss_options, aux_options = split_training_options(parse_candidate(spec.model)[1])
+    criterion = build_criterion(loss_options, train_masks)
+    trained = model
+    if aux_options:  # the trainer's training-only auxiliary heads: trained here, not scored or counted
+        from omegaconf import OmegaConf
+
+        from effdetseg.engine.auxiliary import attach_aux_heads, deep_supervision_loss
+
+        trained = attach_aux_heads(model, OmegaConf.create({"weight": 0.4, **aux_options}), len(CLASSES))
+        trained = trained.to(memory_format=memory_format).train()
+        criterion = deep_supervision_loss(criterion, trained, float(aux_options.get("weight", 0.4)))
     encoder_ids = {id(p) for p in encoder.parameters()}
-    decoder_params = [p for p in model.parameters() if id(p) not in encoder_ids]
+    decoder_params = [p for p in trained.parameters() if id(p) not in encoder_ids]
     groups = [
         {"params": list(encoder.parameters()), "lr": recipe.lr, "base_lr": recipe.lr},
         {"params": decoder_params, "lr": recipe.lr * recipe.decoder_lr_scale, "base_lr": recipe.lr * recipe.decoder_lr_scale},
     ]
     optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    criterion = build_criterion(split_training_options(parse_candidate(spec.model)[1])[1], train_masks)
     sampler = CropSampler(train_images, train_masks, recipe.batch_size, recipe.crop, recipe.seed)
 
     budget_s = spec.amount * 60 if spec.budget == "minutes" else math.inf
@@ -362,7 +375,7 @@ def run(spec: RunSpec) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(progress, step, recipe.warmup_steps)
         images = images.contiguous(memory_format=memory_format)
-        loss, _ = criterion(model(pad_to(images, multiple)), masks)
+        loss, _ = criterion(trained(pad_to(images, multiple)), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
