@@ -101,3 +101,29 @@ def test_aux_heads_compose_from_the_command_line() -> None:
     cfg = compose(["train.aux_heads.levels=[3,4,5]", "train.aux_heads.weight=0.25"])
     assert list(cfg.train.aux_heads.levels) == [3, 4, 5] and cfg.train.aux_heads.weight == 0.25
     assert list(compose([]).train.aux_heads.levels) == []
+
+
+@pytest.mark.slow
+def test_training_with_aux_heads_and_the_new_losses_writes_a_plain_model(tmp_path) -> None:
+    """The trainer with aux heads, OHEM, median-frequency weights and a resume: last.pth keeps the
+    heads' state for the resume, best.pth and the record hold the model alone."""
+    from effdetseg.cli import main as cli_main
+
+    tiny = [
+        "train.model.backbone=mobilenetv3_small_050", "data.train_samples=4", "data.val_samples=2", "data.batch_size=2",
+        "data.num_workers=0", "data.preprocessing.resize_height=64", "data.preprocessing.resize_width=64",
+        "+train.model.overrides.bifpn_channels=16", "+train.model.overrides.head_channels=16", "train.progress=false",
+        "validation.grid_images=1", "train.aux_heads.levels=[3,5]", "train.loss.class_weights=median_frequency",
+        "train.loss.distribution._target_=effdetseg.engine.losses.OhemCrossEntropyLoss", "train.loss.distribution.min_kept=512",
+        "train.clip_grad_norm=1.0", f"experiments_dir={tmp_path}", "experiment_name=aux",
+    ]
+    assert cli_main(["train", *tiny, "train.num_epochs=1"]) == 0
+    run = tmp_path / "aux"
+    last = torch.load(run / "last.pth", weights_only=True)
+    assert last["aux_heads"] is not None and not any(k.startswith("heads.") for k in last["model"])
+    plain = effdetseg.create_model("efficientdet_d0_seg", num_classes=6, backbone="mobilenetv3_small_050",
+                                   bifpn_channels=16, head_channels=16)
+    assert set(effdetseg.load_model(run / "best.pth").state_dict()) == set(plain.state_dict())
+    assert cli_main(["train", f"resume={run}", "train.num_epochs=2"]) == 0
+    history = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(history) == 2 and '"train_loss_aux"' in history[-1]

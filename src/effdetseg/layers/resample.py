@@ -42,7 +42,7 @@ def upsample_to_grid(x: torch.Tensor, size: list[int], alpha: float) -> torch.Te
     the last pixel for alpha 0, before the first for alpha 1), then one output row and column
     dropped: the grid points fall on output pixels exactly, and the border extends flat.
     """
-    if alpha == LEGACY:
+    if alpha < 0.0:  # LEGACY (compared by sign: TorchScript cannot read the module-level constant)
         return F.interpolate(x, size=size, mode="nearest")
     if alpha == 0.5:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

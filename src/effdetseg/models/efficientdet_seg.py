@@ -3,8 +3,8 @@
 Reads top to bottom as the tensor flows:
 backbone C2–C5 → P6, P7 from C5 → BiFPN over P2–P7 → extra top-down pathway P7→P2 →
 head on P2 (stride 4; or P2–P5 brought to P2 and fused, ``head_levels``) → classifier →
-transposed convolutions to stride 1 → crop to the input. Every resampling follows the backbone's
-pixel grid (``alignment="grid"``, see :mod:`effdetseg.layers.resample`).
+transposed convolutions to stride 1 → crop to the input. With ``alignment="grid"`` every
+resampling follows the backbone's pixel grid (see :mod:`effdetseg.layers.resample`).
 """
 from __future__ import annotations
 
@@ -35,8 +35,10 @@ class EfficientDetSegConfig:
     min_level: int = 2
     max_level: int = 7
     # "grid": resample between levels on the backbone's own pixel grid (TF "SAME" or symmetric
-    # padding); "legacy": nearest upsampling and box-grid upsampler, as models trained before it.
-    alignment: str = "grid"
+    # padding); "legacy": nearest upsampling and box-grid upsampler (1.5–4 px off, see
+    # tests/test_alignment.py). Legacy stays the default: checkpoints record no alignment and were
+    # trained with it, and "grid" has not yet measured better (README_learning.md).
+    alignment: str = "legacy"
     head_levels: int = 1  # the head reads P2 … P(1 + head_levels), each brought to P2 and fused (1: P2 alone)
     bn_momentum: float = 0.1  # of the decoder's BatchNorms (PyTorch's default; EfficientDet's is 0.01)
 
