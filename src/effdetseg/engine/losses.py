@@ -1,23 +1,143 @@
-"""The training loss: distribution (cross-entropy) + region (soft-IoU, soft-Dice or Lovász-softmax), each weighted.
+"""The training loss: distribution + region, each weighted.
 
-Cross-entropy scores every pixel on its own; the region term scores each class's overlap as a
-whole, so small objects and rare classes count as much as large ones. Ignored pixels (255) are
-left out of both.
+The distribution term scores every pixel on its own: cross-entropy, OHEM cross-entropy (only the
+hardest pixels) or focal loss (easy pixels down-weighted), each with optional class weights
+(``train.loss.class_weights``: a list, or ``median_frequency`` computed from the training masks).
+The region term (soft-IoU, soft-Dice or Lovász-softmax) scores each class's overlap as a whole,
+so small objects and rare classes count as much as large ones. Ignored pixels (255) are left out
+of both.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from ..configs.targets import instantiate
 from ..errors import EffdetsegError
 
 REGION_LOSS_TYPES = ("iou", "dice")
+CLASS_WEIGHT_MODES = ("median_frequency",)
+
+
+def _pixel_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per valid pixel: (cross-entropy, its class weight, the target's log-probability), flat.
+
+    N×C×H×W logits and N×H×W targets in; ignored pixels dropped; float32 throughout.
+    """
+    log_probs = logits.float().log_softmax(dim=1)
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    own = log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)[valid]  # log p(true class)
+    classes = safe_target[valid]
+    pixel_weight = weight.to(own.dtype)[classes] if weight is not None else torch.ones_like(own)
+    return -own, pixel_weight, own
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``Σ wᵢ vᵢ / Σ wᵢ`` as torch's weighted cross-entropy reduces; 0 with a gradient path when empty."""
+    if values.numel() == 0:  # every pixel ignored: no loss, no gradient (not NaN)
+        return logits.sum() * 0.0
+    return (values * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+class OhemCrossEntropyLoss(nn.Module):
+    """Cross-entropy over the hard pixels only (online hard example mining, as PSPNet/mmseg train).
+
+    A pixel is hard when its probability of the true class is below ``threshold``; at least
+    ``min_kept`` pixels (the hardest) are kept per batch, so the loss never falls to a handful of
+    pixels once the easy majority is learned. With ``keep_fraction`` set, the hardest
+    ``keep_fraction`` of the valid pixels are kept instead of a threshold (still at least
+    ``min_kept``). Easy pixels of large classes (road, sky) stop drowning the thin ones.
+    ``weight``: per-class weights, reduced as torch's weighted cross-entropy
+    (``Σ w ce / Σ w`` over the kept pixels).
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        threshold: float = 0.7,
+        min_kept: int = 100_000,
+        keep_fraction: float | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        key = "train.loss.distribution"
+        if not (isinstance(threshold, (int, float)) and 0.0 < threshold <= 1.0):
+            raise EffdetsegError(f"{key}.threshold: expected a probability in (0, 1], got {threshold!r}")
+        if keep_fraction is not None and not (isinstance(keep_fraction, (int, float)) and 0.0 < keep_fraction <= 1.0):
+            raise EffdetsegError(f"{key}.keep_fraction: expected a fraction in (0, 1] or null, got {keep_fraction!r}")
+        if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 0:
+            raise EffdetsegError(f"{key}.min_kept: expected a pixel count >= 0, got {min_kept!r}")
+        self.ignore_index = ignore_index
+        self.threshold = float(threshold)
+        self.min_kept = int(min_kept)
+        self.keep_fraction = None if keep_fraction is None else float(keep_fraction)
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce, pixel_weight, own = _pixel_cross_entropy(logits, target, self.ignore_index, self.weight)
+        count = ce.numel()
+        if self.keep_fraction is not None:
+            keep = max(math.ceil(self.keep_fraction * count), self.min_kept)
+        else:
+            hard = int((own.detach().exp() < self.threshold).sum())
+            keep = max(hard, self.min_kept)
+        if keep < count:
+            # The hardest `keep` pixels: the threshold rule keeps exactly those below it (they are the
+            # hardest), topped up to min_kept by the next hardest.
+            index = ce.detach().topk(keep, sorted=False).indices
+            ce, pixel_weight = ce[index], pixel_weight[index]
+        return _weighted_mean(ce, pixel_weight, logits)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al., 2017): ``−(1 − p)^γ log p`` per pixel, ``p`` the true class's probability.
+
+    Well-classified pixels (p → 1) fade out smoothly, so the gradient goes to the uncertain ones —
+    the thin and rare classes — without OHEM's hard cut. ``gamma=0`` is cross-entropy. ``weight``:
+    per-class weights (the α of the paper, per class), reduced as ``Σ w·FL / Σ w``.
+    """
+
+    def __init__(self, ignore_index: int = 255, gamma: float = 2.0, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0.0):
+            raise EffdetsegError(f"train.loss.distribution.gamma: expected a number >= 0, got {gamma!r}")
+        self.ignore_index = ignore_index
+        self.gamma = float(gamma)
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce, pixel_weight, own = _pixel_cross_entropy(logits, target, self.ignore_index, self.weight)
+        focal = (1.0 - own.exp()).clamp_min(0.0).pow(self.gamma) * ce
+        return _weighted_mean(focal, pixel_weight, logits)
+
+
+def median_frequency_weights(pixels_per_image: np.ndarray) -> np.ndarray:
+    """Class weights by median frequency balancing (Eigen & Fergus 2015; SegNet's CamVid weights).
+
+    ``pixels_per_image``: (images, classes) labelled pixel counts. A class's frequency is its
+    pixels over the labelled pixels of the images it appears in; its weight is the median of the
+    frequencies over its own, so a class as common as the median gets 1, rarer ones more. A class
+    with no pixel gets 1 (it never meets the loss).
+    """
+    counts = np.asarray(pixels_per_image, dtype=np.float64)
+    class_pixels = counts.sum(0)
+    image_pixels = (counts.sum(1, keepdims=True) * (counts > 0)).sum(0)
+    present = class_pixels > 0
+    weights = np.ones(counts.shape[1])
+    if present.any():
+        frequency = class_pixels[present] / image_pixels[present]
+        weights[present] = np.median(frequency) / frequency
+    return weights
 
 
 class RegionLoss(nn.Module):
@@ -136,14 +256,31 @@ class SegmentationLoss(nn.Module):
         return total, {k: v.detach() for k, v in parts.items()}
 
 
-def build_loss(loss_cfg: DictConfig | Mapping[str, Any], num_classes: int) -> SegmentationLoss:
+def build_loss(
+    loss_cfg: DictConfig | Mapping[str, Any],
+    num_classes: int,
+    pixels_per_image: Callable[[], np.ndarray] | None = None,
+) -> SegmentationLoss:
     """The loss from ``train.loss``: ``distribution`` and ``region`` are built from their ``_target_``.
 
     ``distribution.weight`` may be a list of class weights (turned into a tensor); a node set to
-    null (or a weight of 0) disables that term.
+    null (or a weight of 0) disables that term. ``class_weights`` (a list, or ``median_frequency``)
+    gives the distribution term its class weights; ``pixels_per_image`` returns the training
+    masks' (images, classes) pixel counts, called only for ``median_frequency``.
     """
     if not isinstance(loss_cfg, DictConfig):
         loss_cfg = OmegaConf.create(dict(loss_cfg))
+    class_weights = resolve_class_weights(loss_cfg.get("class_weights"), num_classes, pixels_per_image)
+    if class_weights is not None:
+        spec = loss_cfg.get("distribution")
+        if spec is None or not loss_cfg.get("distribution_weight", 1.0):
+            raise EffdetsegError("train.loss.class_weights: weights the distribution term, which is disabled")
+        if spec.get("weight") is not None:
+            raise EffdetsegError("train.loss.class_weights: set it or train.loss.distribution.weight, not both")
+        # A resolved copy: the caller's config (and the run's config.yaml) keeps the key as written.
+        loss_cfg = OmegaConf.create(OmegaConf.to_container(loss_cfg, resolve=True))
+        with open_dict(loss_cfg):
+            loss_cfg.distribution.weight = class_weights
     distribution = _build_term(loss_cfg, "distribution", num_classes)
     region = _build_term(loss_cfg, "region", num_classes)
     return SegmentationLoss(
@@ -152,6 +289,33 @@ def build_loss(loss_cfg: DictConfig | Mapping[str, Any], num_classes: int) -> Se
         distribution_weight=float(loss_cfg.get("distribution_weight", 1.0)),
         region_weight=float(loss_cfg.get("region_weight", 1.0)),
     )
+
+
+def resolve_class_weights(
+    value: Any, num_classes: int, pixels_per_image: Callable[[], np.ndarray] | None = None
+) -> list[float] | None:
+    """``train.loss.class_weights`` as a list of ``num_classes`` floats (None: unweighted)."""
+    key = "train.loss.class_weights"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in CLASS_WEIGHT_MODES:
+            raise EffdetsegError(f"{key}: expected null, a list of {num_classes} weights or one of {CLASS_WEIGHT_MODES}, got {value!r}")
+        if pixels_per_image is None:
+            raise EffdetsegError(f"{key}={value} needs the training masks (build_loss got no pixels_per_image)")
+        counts = np.asarray(pixels_per_image())
+        if counts.ndim != 2 or counts.shape[1] != num_classes:
+            raise ValueError(f"pixels_per_image: expected (images, {num_classes}) counts, got shape {counts.shape}")
+        return [float(w) for w in median_frequency_weights(counts)]
+    try:
+        weights = [float(w) for w in value]
+    except (TypeError, ValueError):
+        raise EffdetsegError(f"{key}: expected null, a list of {num_classes} weights or one of {CLASS_WEIGHT_MODES}, got {value!r}") from None
+    if len(weights) != num_classes:
+        raise EffdetsegError(f"{key}: {len(weights)} class weights for {num_classes} classes")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise EffdetsegError(f"{key}: weights must be finite, >= 0 and not all 0, got {weights}")
+    return weights
 
 
 def _build_term(loss_cfg: DictConfig, key: str, num_classes: int) -> nn.Module | None:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..data import build_dataset, build_label_set
 from ..data.cache import cache_datasets
-from ..data.check import coverage_problems, label_histogram
+from ..data.check import class_pixels_per_image, coverage_problems, label_histogram
 from ..deploy.inference import segment
 from ..deploy.prepare import prepare_for_inference
 from ..devices import slow_bf16_warning
@@ -43,6 +43,7 @@ from .checkpoints import BEST, LAST, load_optimizer_state, load_training_state, 
 from .distributed import DistributedContext, all_reduce_mean, broadcast_buffers, broadcast_floats
 from .evaluate import evaluate
 from .loaders import TrainLoader, derive_seed, plan_cpu, val_loader
+from .auxiliary import attach_aux_heads, deep_supervision_loss
 from .losses import build_loss
 from .metrics import SegmentationMetrics
 
@@ -207,14 +208,22 @@ class Trainer:
         check_batch_norm_values(self.model, self.batch_norm_batch, (int(prep.resize_height), int(prep.resize_width)))
         ema_cfg = cfg.train.ema
         self.ema = ModelEmaV3(self.model, decay=float(ema_cfg.decay), use_warmup=bool(ema_cfg.warmup)) if ema_cfg.enabled else None
-        self.train_model: nn.Module = self.model
+        # Training-only auxiliary heads sit beside the model (train.aux_heads): saved, validated and
+        # exported is self.model alone; trained is the model with its heads.
+        self.aux = attach_aux_heads(self.model, cfg.train.get("aux_heads"), self.num_classes)
+        trainable: nn.Module = self.model if self.aux is None else self.aux.to(self.device)
+        self.train_model: nn.Module = trainable
         if ctx.is_distributed:
-            self.train_model = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self.train_model = DistributedDataParallel(trainable, device_ids=[self.device] if self.device.type == "cuda" else None)
         if cfg.train.compile:
             self.train_model = torch.compile(self.train_model)
 
-        self.criterion = build_loss(cfg.train.loss, self.num_classes).to(self.device)
-        self.optimizer = build_optimizer(cfg.train.optimizer, self.model, float(cfg.train.decoder_lr_scale))
+        self.criterion = build_loss(
+            cfg.train.loss, self.num_classes, lambda: class_pixels_per_image(self.train_set, self.num_classes)
+        ).to(self.device)
+        if self.aux is not None:
+            self.criterion = deep_supervision_loss(self.criterion, self.aux, float(cfg.train.aux_heads.weight))
+        self.optimizer = build_optimizer(cfg.train.optimizer, trainable, float(cfg.train.decoder_lr_scale))
         if cfg.train.model.optimizer_state and not resume:
             load_optimizer_state(self.optimizer, str(cfg.train.model.optimizer_state))
 
@@ -288,6 +297,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
+        if self.aux is not None and state.get("aux_heads") is not None:
+            self.aux.heads.load_state_dict(state["aux_heads"])
         self.start_epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.best = state.get("best")
@@ -352,6 +363,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "ema": {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema is not None else None,
+            "aux_heads": self.aux.heads.state_dict() if self.aux is not None else None,
             "epoch": epoch,
             "global_step": self.global_step,
             "best": self.best,
@@ -500,7 +512,7 @@ class Trainer:
         """Clip, step, EMA, schedule; True when the time budget says training must stop now."""
         if self.clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.clip))
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], float(self.clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -32,6 +32,7 @@ class Backbone(nn.Module):
         if isinstance(pretrained, (str, Path)):
             load_backbone_weights(self.body, pretrained, features_only=True)
         self.channels: list[int] = self.body.feature_info.channels()
+        self.grid_alpha: float | None = grid_alpha(self.body)
         self.name = name
         self.pretrained_cfg: dict = dict(self.body.pretrained_cfg)
 
@@ -51,3 +52,33 @@ def _stride_indices(name: str) -> tuple[int, ...]:
             raise ValueError(f"backbone {name!r} has no feature map at stride {stride} (has {reductions})")
         indices.append(matches[-1])  # the deepest map at that stride
     return tuple(indices)
+
+
+def grid_alpha(body: nn.Module) -> float | None:
+    """Where the backbone's strided layers put their pixels: level ``l``'s pixel ``j`` is centred at
+    input ``2**l * j + alpha * (2**l - 1)`` (see :mod:`effdetseg.layers.resample`).
+
+    Each strided convolution or pooling of stride ``s``, kernel ``k`` and padding ``p`` before
+    its first input pixel centres output ``j`` at ``s·j + (k − 1)/2 − p``, i.e. alpha
+    ``((k − 1)/2 − p) / (s − 1)``; timm's ``…Same`` layers pad as TensorFlow's "SAME" does on even
+    sizes (``⌊(k − s)/2⌋`` before). None when the layers disagree (no single grid to align to).
+    """
+    alphas = set()
+    for module in body.modules():
+        if not isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            continue
+        for axis in (0, 1):
+            stride = _pair(module.stride)[axis]
+            if stride <= 1:
+                continue
+            kernel = (_pair(module.kernel_size)[axis] - 1) * _pair(getattr(module, "dilation", 1))[axis] + 1
+            if type(module).__name__.endswith("Same"):  # timm's dynamic TF "SAME" padding
+                before = max(kernel - stride, 0) // 2
+            else:
+                before = _pair(module.padding)[axis] if not isinstance(module.padding, str) else (kernel - 1) // 2
+            alphas.add(((kernel - 1) / 2 - before) / (stride - 1))
+    return alphas.pop() if len(alphas) == 1 else None
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[-1]))

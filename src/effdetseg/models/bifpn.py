@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import ConvBn, FastNormalizedFusion, SeparableConv2d, batch_norm
+from ..layers import LEGACY, ConvBn, DownsampleToGrid, FastNormalizedFusion, SeparableConv2d, batch_norm, upsample_to_grid
 
 PATHWAYS = ("top_down", "bottom_up")
 
@@ -79,20 +78,21 @@ def fpn_topology(min_level: int, max_level: int, pathways: Sequence[str] = PATHW
 class Resample(nn.Module):
     """Bring one edge's source map to the node's level (and channels, when projected)."""
 
-    def __init__(self, in_channels: int, out_channels: int, level_step: int, project: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, level_step: int, project: bool, alpha: float = LEGACY) -> None:
         super().__init__()
         if abs(level_step) > 1:
             raise ValueError("a BiFPN edge spans at most one level")
         self.level_step = level_step  # node level − source level
+        self.alpha = float(alpha)  # the backbone's pixel grid (effdetseg.layers.resample); LEGACY: nearest
         self.project = ConvBn(in_channels, out_channels) if project or in_channels != out_channels else nn.Identity()
-        self.down = nn.MaxPool2d(3, stride=2, padding=1) if level_step == 1 else nn.Identity()
+        self.down = DownsampleToGrid(alpha) if level_step == 1 else nn.Identity()
 
     def forward(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
         x = self.down(self.project(x))
         if self.level_step == -1:
             # To the node's own size rather than by a factor of 2: the same numbers (the model pads
             # its input to 2**max_level), but shapes that match by construction under torch.export.
-            x = F.interpolate(x, size=size, mode="nearest")
+            x = upsample_to_grid(x, size, self.alpha)
         return x
 
 
@@ -131,6 +131,7 @@ class FpnLayer(nn.Module):
         in_channels: Sequence[int],
         channels: int,
         project_levels: Sequence[int] = (),
+        alpha: float = LEGACY,
     ) -> None:
         super().__init__()
         self.topology = topology
@@ -146,6 +147,7 @@ class FpnLayer(nn.Module):
                     channels,
                     level_step=node.level - topology.level_of(i),
                     project=i < num_inputs and topology.level_of(i) in project_levels,
+                    alpha=alpha,
                 )
                 for i in node.inputs
             ]
@@ -169,11 +171,11 @@ class FpnLayer(nn.Module):
 class ExtraLevels(nn.Module):
     """P6 from C5 by 1×1 conv + BN and stride-2 max-pooling; each further level by max-pooling."""
 
-    def __init__(self, in_channels: int, channels: int, num_levels: int) -> None:
+    def __init__(self, in_channels: int, channels: int, num_levels: int, alpha: float = LEGACY) -> None:
         super().__init__()
         self.num_levels = num_levels
         self.project = ConvBn(in_channels, channels) if num_levels > 0 else nn.Identity()
-        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.pool = DownsampleToGrid(alpha)
 
     def forward(self, c5: torch.Tensor) -> list[torch.Tensor]:
         levels = []
@@ -200,6 +202,7 @@ class BiFPN(nn.Sequential):
         max_level: int,
         backbone_levels: Sequence[int],
         last_layer_pathways: Sequence[str] = PATHWAYS,
+        alpha: float = LEGACY,
     ) -> None:
         layers = []
         for i in range(num_layers):
@@ -210,6 +213,7 @@ class BiFPN(nn.Sequential):
                     in_channels if i == 0 else [channels] * len(in_channels),
                     channels,
                     project_levels=backbone_levels if i == 0 else (),
+                    alpha=alpha,
                 )
             )
         super().__init__(*layers)

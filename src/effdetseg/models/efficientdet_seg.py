@@ -2,7 +2,9 @@
 
 Reads top to bottom as the tensor flows:
 backbone C2–C5 → P6, P7 from C5 → BiFPN over P2–P7 → extra top-down pathway P7→P2 →
-head on P2 (stride 4) → classifier → transposed convolutions to stride 1 → crop to the input.
+head on P2 (stride 4; or P2–P5 brought to P2 and fused, ``head_levels``) → classifier →
+transposed convolutions to stride 1 → crop to the input. With ``alignment="grid"`` every
+resampling follows the backbone's pixel grid (see :mod:`effdetseg.layers.resample`).
 """
 from __future__ import annotations
 
@@ -10,11 +12,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import SeparableConvBnAct, crop_to, pad_to_multiple
+from ..layers import LEGACY, FastNormalizedFusion, SeparableConvBnAct, crop_to, pad_to_multiple, upsample_to_grid, upsampling_kernel
 from .backbone import Backbone, Pretrained
 from .bifpn import PATHWAYS, BiFPN, ExtraLevels, FpnLayer, fpn_topology
 from .registry import register_model
@@ -33,6 +34,13 @@ class EfficientDetSegConfig:
     upsampler: str = "transposed"  # "transposed": learned per-class transposed convs; "bilinear": fixed
     min_level: int = 2
     max_level: int = 7
+    # "grid": resample between levels on the backbone's own pixel grid (TF "SAME" or symmetric
+    # padding); "legacy": nearest upsampling and box-grid upsampler (1.5–4 px off, see
+    # tests/test_alignment.py). Legacy stays the default: checkpoints record no alignment and were
+    # trained with it, and "grid" has not yet measured better (README_learning.md).
+    alignment: str = "legacy"
+    head_levels: int = 1  # the head reads P2 … P(1 + head_levels), each brought to P2 and fused (1: P2 alone)
+    bn_momentum: float = 0.1  # of the decoder's BatchNorms (PyTorch's default; EfficientDet's is 0.01)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -86,33 +94,50 @@ class TransposedConvUpsampler(nn.Sequential):
     implementation spent most of its 59 GMACs.
     """
 
-    def __init__(self, channels: int, stride: int) -> None:
+    def __init__(self, channels: int, stride: int, alpha: float = LEGACY) -> None:
         steps = int(math.log2(stride))
         if 2**steps != stride:
             raise ValueError(f"stride must be a power of two, got {stride}")
         super().__init__(
             *[nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1, groups=channels, bias=False) for _ in range(steps)]
         )
+        # Linear interpolation on the backbone's grid to start with (bilinear on a box grid for LEGACY).
         for up in self:
-            up.weight.data.copy_(_bilinear_kernel(4).expand_as(up.weight))
-
-
-def _bilinear_kernel(size: int) -> torch.Tensor:
-    factor = (size + 1) // 2
-    center = factor - 0.5 if size % 2 == 0 else factor - 1
-    ramp = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / factor
-    return ramp[:, None] * ramp[None, :]
+            up.weight.data.copy_(upsampling_kernel(alpha).expand_as(up.weight))
 
 
 class BilinearUpsampler(nn.Module):
-    """Fixed bilinear upsampling of the class logits by ``stride`` (no parameters)."""
+    """Fixed bilinear upsampling of the class logits by ``stride`` on the backbone's grid (no parameters)."""
 
-    def __init__(self, stride: int) -> None:
+    def __init__(self, stride: int, alpha: float = LEGACY) -> None:
         super().__init__()
         self.stride = stride
+        self.alpha = 0.5 if alpha == LEGACY else float(alpha)  # LEGACY upsampled on the box grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=float(self.stride), mode="bilinear", align_corners=False)
+        return upsample_to_grid(x, [x.shape[-2] * self.stride, x.shape[-1] * self.stride], self.alpha)
+
+
+class LevelFusion(nn.Module):
+    """P2 … P(1+n) brought to P2's size on the backbone's grid and fused with learned weights.
+
+    A semantic-FPN style input for the head: coarse levels reach the classifier through one
+    interpolation instead of the whole top-down chain. Weights start at P2 ×2, each coarser ×1.
+    """
+
+    def __init__(self, num_levels: int, alpha: float) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+        self.fuse = FastNormalizedFusion(num_levels)
+        with torch.no_grad():
+            self.fuse.weight[0] = 2.0  # P2 keeps the detail; coarser levels add context
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = [features[0].shape[-2], features[0].shape[-1]]
+        maps = [features[0]]
+        for i in range(1, len(self.fuse.weight)):
+            maps.append(upsample_to_grid(features[i], size, self.alpha))
+        return self.fuse(maps)
 
 
 class EfficientDetSeg(nn.Module):
@@ -126,8 +151,18 @@ class EfficientDetSeg(nn.Module):
             raise ValueError("the head reads P2: min_level must be 2")
         if config.max_level < 5:
             raise ValueError("max_level must be at least 5 (C5)")
+        if config.alignment not in ("grid", "legacy"):
+            raise ValueError(f"alignment must be 'grid' or 'legacy', got {config.alignment!r}")
+        if not 1 <= config.head_levels <= config.max_level - config.min_level + 1:
+            raise ValueError(f"head_levels must be 1 … {config.max_level - config.min_level + 1}, got {config.head_levels}")
+        if not 0.0 < config.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {config.bn_momentum}")
         self.backbone = Backbone(config.backbone, backbone_pretrained)
-        self.extra_levels = ExtraLevels(self.backbone.channels[-1], config.bifpn_channels, config.max_level - 5)
+        # A backbone whose strided layers disagree has no one grid: it gets the legacy resampling.
+        grid = self.backbone.grid_alpha if config.alignment == "grid" else None
+        alpha = LEGACY if grid is None else grid
+        self.grid_alpha = alpha
+        self.extra_levels = ExtraLevels(self.backbone.channels[-1], config.bifpn_channels, config.max_level - 5, alpha)
         in_channels = self.backbone.channels + [config.bifpn_channels] * (config.max_level - 5)
         self.bifpn = BiFPN(
             in_channels,
@@ -138,25 +173,34 @@ class EfficientDetSeg(nn.Module):
             backbone_levels=BACKBONE_LEVELS,
             # Without the extra pathway only P2 is read: the last bottom-up pathway would be dead.
             last_layer_pathways=PATHWAYS if config.extra_top_down else ("top_down",),
+            alpha=alpha,
         )
         self.top_down = (
             FpnLayer(
                 fpn_topology(config.min_level, config.max_level, ("top_down",)),
                 [config.bifpn_channels] * len(in_channels),
                 config.bifpn_channels,
+                alpha=alpha,
             )
             if config.extra_top_down
             else None
         )
+        self.head_levels = config.head_levels
+        self.level_fusion = LevelFusion(config.head_levels, alpha) if config.head_levels > 1 else None
         self.head = SegmentationHead(config.bifpn_channels, config.head_channels, config.head_layers, num_classes)
         stride = 2**config.min_level
         if config.upsampler == "transposed":
-            self.upsample: nn.Module = TransposedConvUpsampler(num_classes, stride)
+            self.upsample: nn.Module = TransposedConvUpsampler(num_classes, stride, alpha)
         elif config.upsampler == "bilinear":
-            self.upsample = BilinearUpsampler(stride)
+            self.upsample = BilinearUpsampler(stride, alpha)
         else:
             raise ValueError(f"upsampler must be 'transposed' or 'bilinear', got {config.upsampler!r}")
         self.input_multiple = 2**config.max_level  # the stride of the coarsest level
+        # The decoder's BatchNorms only (the backbone keeps its own): EfficientDet uses 0.01, which
+        # averages the running statistics over ~100 steps instead of ~10.
+        for name, module in self.named_modules():
+            if isinstance(module, nn.BatchNorm2d) and not name.startswith("backbone."):
+                module.momentum = config.bn_momentum
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -169,6 +213,11 @@ class EfficientDetSeg(nn.Module):
                 module.grad_checkpointing = enable
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images), images)
+
+    def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images N×3×H×W → the pyramid P2 … P7 the head reads (after the extra top-down pathway),
+        of the input padded to a multiple of 2**max_level. Training-only auxiliary heads read it too."""
         x = pad_to_multiple(images, self.input_multiple)
         if not torch.jit.is_scripting() and x.device.type == "cpu" and not torch.compiler.is_compiling():
             # oneDNN runs depthwise convolutions (most of this network) about twice as fast in NHWC:
@@ -180,7 +229,12 @@ class EfficientDetSeg(nn.Module):
         features = self.bifpn(features)  # P2 … P7
         if self.top_down is not None:
             features = self.top_down(features)
-        logits = self.head(features[0])  # stride 4
+        return features
+
+    def forward_head(self, features: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """The pyramid → class logits N×classes×H×W at the size of ``images``."""
+        x = features[0] if self.level_fusion is None else self.level_fusion(features[: self.head_levels])
+        logits = self.head(x)  # stride 4
         logits = self.upsample(logits)  # stride 1
         return crop_to(logits, images)
 
