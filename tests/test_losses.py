@@ -107,7 +107,7 @@ def test_label_smoothing_reaches_cross_entropy() -> None:
 
 
 def test_config_errors_name_the_key() -> None:
-    region = {"_target_": "effdetseg.engine.losses.RegionLoss", "loss_type": "lovasz"}
+    region = {"_target_": "effdetseg.engine.losses.RegionLoss", "loss_type": "jaccard"}
     with pytest.raises(EffdetsegError, match=r"train\.loss\.region\.loss_type"):
         build_loss(OmegaConf.create({"distribution": None, "region": region}), 3)
     ce = {"_target_": "torch.nn.CrossEntropyLoss", "weight": [1.0, 2.0]}
@@ -164,6 +164,8 @@ def test_lovasz_with_a_stride_scores_the_subsampled_pixels() -> None:
     assert LovaszSoftmaxLoss(stride=2)(logits, target).item() == pytest.approx(expected.item())
     with pytest.raises(EffdetsegError, match="train.loss.region.stride"):
         LovaszSoftmaxLoss(stride=0)
+    as_region_type = RegionLoss("lovasz", stride=2)(logits, target)
+    assert as_region_type.item() == pytest.approx(expected.item())
 
 
 # ---------------------------------------------------------------- OHEM, focal, class weights

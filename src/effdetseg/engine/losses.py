@@ -22,7 +22,7 @@ from torch import nn
 from ..configs.targets import instantiate
 from ..errors import EffdetsegError
 
-REGION_LOSS_TYPES = ("iou", "dice")
+REGION_LOSS_TYPES = ("iou", "dice", "lovasz")
 CLASS_WEIGHT_MODES = ("median_frequency",)
 
 
@@ -141,23 +141,31 @@ def median_frequency_weights(pixels_per_image: np.ndarray) -> np.ndarray:
 
 
 class RegionLoss(nn.Module):
-    """Soft-IoU (Jaccard) or soft-Dice loss over classes, from softmax probabilities.
+    """Soft-IoU (Jaccard), soft-Dice or Lovász-softmax loss over classes, from softmax probabilities.
 
     Intersections and unions are summed over the whole batch, then ``1 - score`` is averaged over
     the classes present in the batch's targets (a class absent from the batch has no region to
     overlap; cross-entropy already penalises predicting it). Pixels equal to ``ignore_index`` are
-    excluded from both prediction and target.
+    excluded from both prediction and target. ``loss_type=lovasz`` is ``LovaszSoftmaxLoss`` (so a
+    config switches the region term with one key); ``stride`` > 1 scores every stride-th pixel of
+    each row and column.
     """
 
-    def __init__(self, loss_type: str = "iou", ignore_index: int = 255, smooth: float = 1.0) -> None:
+    def __init__(self, loss_type: str = "iou", ignore_index: int = 255, smooth: float = 1.0, stride: int = 1) -> None:
         super().__init__()
         if loss_type not in REGION_LOSS_TYPES:
             raise EffdetsegError(f"train.loss.region.loss_type: expected one of {REGION_LOSS_TYPES}, got {loss_type!r}")
+        self.lovasz = LovaszSoftmaxLoss(ignore_index, stride) if loss_type == "lovasz" else None
         self.loss_type = loss_type
         self.ignore_index = ignore_index
         self.smooth = smooth
+        self.stride = int(stride)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.lovasz is not None:
+            return self.lovasz(logits, target)
+        if self.stride > 1:
+            logits, target = logits[..., :: self.stride, :: self.stride], target[..., :: self.stride, :: self.stride]
         num_classes = logits.shape[1]
         probs = logits.float().softmax(dim=1)
         valid = target != self.ignore_index
