@@ -62,6 +62,7 @@ def build_parser() -> ArgumentParser:
     table.add_argument("--calibration", help="--backends: real images (a folder or a data preset) to calibrate INT8 on and to measure agreement on")
     table.add_argument("--data-root", help="--backends: data.root of the --calibration preset")
     table.add_argument("--calibration-images", type=int, default=32, help="--backends int8: calibration images (default: 32)")
+    table.add_argument("--keep-float", help="--backends int8: layers NNCF keeps in fp32 (as export --keep-float; default: stem,classifier,upsampler)")
     table.add_argument("--agreement-images", type=int, default=8, help="--backends: held-out images for the agreement (default: 8)")
     return parser
 
@@ -70,8 +71,11 @@ def benchmark_backends(args: argparse.Namespace, resolution: tuple[int, int]) ->
     """``--backends``: per model, one table of backends (see :mod:`effdetseg.deploy.backend_table`)."""
     from ..deploy.backend_table import agreement_inputs_note, backend_table, format_backend_table, parse_backends
     from ..deploy.benchmark import cpu_name
+    from ..deploy.quantize_openvino import NncfRecipe, parse_keep_float
 
     backends = parse_backends(args.backends)
+    if args.keep_float:
+        NncfRecipe(keep_float=parse_keep_float(args.keep_float))  # an unknown group is one line, before any work
     threads = args.threads or 2
     for name, value in (("--calibration-images", args.calibration_images), ("--agreement-images", args.agreement_images), ("--threads", threads)):
         if value < 1:
@@ -102,6 +106,7 @@ def benchmark_backends(args: argparse.Namespace, resolution: tuple[int, int]) ->
         rows = backend_table(
             model, backends, resolution, threads, args.iters, args.warmup, compare=args.compare, images=images,
             calibration_images=args.calibration_images, agreement_images=args.agreement_images,
+            keep_float=parse_keep_float(args.keep_float) if args.keep_float else None,
         )
         print(format_backend_table(rows))
         all_rows += rows

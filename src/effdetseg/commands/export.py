@@ -80,7 +80,7 @@ def build_parser() -> ArgumentParser:
 def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     from ..deploy.quantize import CALIBRATION_METHODS
 
-    from ..deploy.quantize_openvino import SENSITIVE_LAYERS
+    from ..deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, SENSITIVE_LAYERS
 
     group = parser.add_argument_group("INT8 (ONNX Runtime static quantization; NNCF for --format openvino)")
     group.add_argument(
@@ -97,8 +97,9 @@ def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
         "--calibration-method", choices=CALIBRATION_METHODS, default="minmax", help="ONNX: activation ranges from (default: minmax)",
     )
     group.add_argument(
-        "--keep-float", default=",".join(SENSITIVE_LAYERS),
-        help=f"openvino: layers kept in fp32, a comma list of {', '.join(SENSITIVE_LAYERS)}, or 'none' (default: all three)",
+        "--keep-float", default=",".join(DEFAULT_KEEP_FLOAT),
+        help=f"openvino: layers kept in fp32, a comma list of {', '.join(SENSITIVE_LAYERS)}, or 'none' "
+        f"(default: {','.join(DEFAULT_KEEP_FLOAT)})",
     )
     group.add_argument(
         "--accuracy-control", action="store_true",
@@ -115,7 +116,7 @@ def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"exit 1 below this %% of pixels labelled as the checkpoint does (default: {DEFAULT_MIN_AGREEMENT:g})",
     )
     group.add_argument("--threads", type=int, default=2, help="CPU threads of both runtimes for the speed-up (default: 2)")
-    group.add_argument("--timing-rounds", type=int, default=10, help="alternating timed passes (default: 10)")
+    group.add_argument("--timing-rounds", type=int, default=10, help="alternating timed passes (default: 10; 0: no timing)")
 
 
 @dataclass
@@ -149,16 +150,16 @@ def _int8_plan(args: argparse.Namespace, fmt: str, checkpoint: Path, output: Pat
         raise EffdetsegError("--int8 needs --calibration: a folder of real images or a data preset such as camvid")
     positive("--check-images", args.check_images)
     positive("--threads", args.threads)
-    positive("--timing-rounds", args.timing_rounds)
+    positive("--timing-rounds", args.timing_rounds, 0)
     from ..deploy.quantize import open_image_source, split_images
 
     recipe = None
     if fmt == "openvino":
-        from ..deploy.quantize_openvino import NncfRecipe, require_nncf
+        from ..deploy.quantize_openvino import NncfRecipe, parse_keep_float, require_nncf
 
         require_nncf()
-        keep = tuple(k.strip() for k in args.keep_float.split(",") if k.strip() and k.strip() != "none")
-        recipe = NncfRecipe(keep_float=keep, accuracy_control=args.accuracy_control, max_drop=args.max_drop / 100)
+        recipe = NncfRecipe(keep_float=parse_keep_float(args.keep_float), accuracy_control=args.accuracy_control,
+                            max_drop=args.max_drop / 100)
     source = open_image_source(args.calibration, args.data_root, experiment_config=checkpoint.parent / "config.yaml")
     for skipped in source.skipped:
         print(f"--calibration: skipped {skipped}")
@@ -169,10 +170,6 @@ def _int8_plan(args: argparse.Namespace, fmt: str, checkpoint: Path, output: Pat
 def _quantize(plan: Int8Plan, args: argparse.Namespace, checkpoint: Path) -> int:
     """Quantize the checked fp32 file into the INT8 one, then print the agreement with the
     checkpoint and the speed-up over it."""
-    import torch
-
-    from ..deploy.benchmark import eager_and_file_runners, time_alternating, timing_table, torch_threads
-    from ..deploy.inference import preprocess
     from ..deploy.predictor import Predictor
     from ..deploy.quantize import QuantizationRecipe, label_agreement, quantize_onnx
 
@@ -204,14 +201,8 @@ def _quantize(plan: Int8Plan, args: argparse.Namespace, checkpoint: Path) -> int
         f"{100 * agreement.fraction:.2f} % of pixels (lowest image {100 * agreement.worst_image:.2f} %)"
     )
 
-    x = preprocess(held_out[0], reference.preprocessing)
-    runners = eager_and_file_runners(reference.model, {name: (backend, path) for name, path in files.items()}, x, args.threads)
-    with torch_threads(args.threads), torch.inference_mode():
-        timings = time_alternating(runners, rounds=args.timing_rounds)
-    shape = "×".join(str(v) for v in x.shape)
-    print(f"latency at {shape}, {args.threads} threads, median of {args.timing_rounds} alternating passes:")
-    print(timing_table(timings))
-    print(f"INT8 speed-up over eager PyTorch fp32: {timings[f'{backend} int8'].speedup_over(timings['eager fp32']):.2f}×")
+    if args.timing_rounds:
+        _time_int8(args, reference, held_out[0], backend, files)
     if 100 * agreement.fraction < args.min_agreement:
         print(
             f"effdetseg export: error: INT8 agreement {100 * agreement.fraction:.2f} % is below --min-agreement {args.min_agreement:g} %",
@@ -219,6 +210,23 @@ def _quantize(plan: Int8Plan, args: argparse.Namespace, checkpoint: Path) -> int
         )
         return 1
     return 0
+
+
+def _time_int8(args: argparse.Namespace, reference: Any, image: Any, backend: str, files: dict[str, Path]) -> None:
+    """The INT8 file, the fp32 file and the checkpoint as predict runs it, timed alternately."""
+    import torch
+
+    from ..deploy.benchmark import eager_and_file_runners, time_alternating, timing_table, torch_threads
+    from ..deploy.inference import preprocess
+
+    x = preprocess(image, reference.preprocessing)
+    runners = eager_and_file_runners(reference.model, {name: (backend, path) for name, path in files.items()}, x, args.threads)
+    with torch_threads(args.threads), torch.inference_mode():
+        timings = time_alternating(runners, rounds=args.timing_rounds)
+    shape = "×".join(str(v) for v in x.shape)
+    print(f"latency at {shape}, {args.threads} threads, median of {args.timing_rounds} alternating passes:")
+    print(timing_table(timings))
+    print(f"INT8 speed-up over eager PyTorch fp32: {timings[f'{backend} int8'].speedup_over(timings['eager fp32']):.2f}×")
 
 
 def _format_from_suffix(output: str | None) -> str:

@@ -98,6 +98,7 @@ def backend_table(
     images: ImageSource | None = None,
     calibration_images: int = 32,
     agreement_images: int = 8,
+    keep_float: tuple[str, ...] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[BackendRow]:
     """The rows of one model (see the module doc). ``images``: real images to calibrate INT8 on
@@ -131,10 +132,11 @@ def backend_table(
         elif backend == "openvino":
             runners[backend] = OpenVinoRunner(graph, threads=threads, name=name)
         elif backend == "int8":
-            from .quantize_openvino import quantize_openvino
+            from .quantize_openvino import NncfRecipe, quantize_openvino
 
             assert images is not None
-            quantized = quantize_openvino(openvino_model(graph, record), images, calibration, preprocessing)
+            recipe = NncfRecipe() if keep_float is None else NncfRecipe(keep_float=keep_float)
+            quantized = quantize_openvino(openvino_model(graph, record), images, calibration, preprocessing, recipe)
             runners[backend] = OpenVinoRunner(quantized, threads=threads, name=f"{name} int8")
         elif backend == "onnxruntime-int8":
             from .quantize import quantize_onnx

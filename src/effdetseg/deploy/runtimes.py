@@ -162,40 +162,73 @@ class OnnxRunner:
 
 
 class OpenVinoRunner:
-    """OpenVINO on the CPU: an IR folder / ``.xml`` file, an ONNX file or ONNX bytes, compiled once
-    for latency (``PERFORMANCE_HINT=LATENCY``; ``threads``: None = OpenVINO's choice) in fp32
-    (``INFERENCE_PRECISION_HINT=f32``: CPUs with AMX would otherwise run bf16 and miss the parity check)."""
+    """OpenVINO on the CPU: an IR folder / ``.xml`` file, an ONNX file or ONNX bytes, compiled for
+    latency (``PERFORMANCE_HINT=LATENCY``; ``threads``: None = OpenVINO's choice) in fp32
+    (``INFERENCE_PRECISION_HINT=f32``: CPUs with AMX would otherwise run bf16 and miss the parity check).
 
-    def __init__(self, source: str | Path | bytes | Any, threads: int | None = None, name: str | None = None) -> None:
+    The graph keeps dynamic batch/height/width, but it is compiled once per input shape it meets
+    (the last ``STATIC_SHAPES`` kept): with the shape fixed, OpenVINO folds the pad-to-128 and crop
+    arithmetic (hundreds of ShapeOf nodes) into constants instead of evaluating it on every call.
+    ``static_shapes=False`` compiles the dynamic graph once instead."""
+
+    STATIC_SHAPES = 4
+
+    def __init__(self, source: str | Path | bytes | Any, threads: int | None = None, name: str | None = None,
+                 static_shapes: bool = True) -> None:
         ov = require_openvino()
-        core = ov.Core()
-        what = name or (str(source) if isinstance(source, (str, Path)) else "the network")
+        self.core = ov.Core()
+        self.what = name or (str(source) if isinstance(source, (str, Path)) else "the network")
         try:
             if isinstance(source, (str, Path)):
                 path = Path(source)
                 path = path / OPENVINO_XML if path.is_dir() else path
-                model = core.read_model(str(path))
+                model = self.core.read_model(str(path))
             elif isinstance(source, bytes):
-                model = core.read_model(source, b"")  # ONNX bytes (the frontend is picked from the content)
+                model = self.core.read_model(source, b"")  # ONNX bytes (the frontend is picked from the content)
             else:
                 model = source  # an ov.Model
-            config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = int(threads)
-            self.compiled = core.compile_model(model, "CPU", config)
-        except EffdetsegError:
-            raise
         except Exception as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EffdetsegError(f"{what}: not a loadable OpenVINO model ({reason})") from None
-        self.request = self.compiled.create_infer_request()
+            raise EffdetsegError(f"{self.what}: not a loadable OpenVINO model ({_first_line(e)})") from None
+        self.model = model
+        self.config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.static_shapes = static_shapes
+        self._requests: dict[tuple[int, ...] | None, Any] = {}
+        if not static_shapes:
+            self._requests[None] = self._compile(model)
         self.device = torch.device("cpu")
         self.metadata = openvino_metadata(model)
 
+    def _compile(self, model: Any) -> Any:
+        try:
+            return self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        except Exception as e:
+            raise EffdetsegError(f"{self.what}: not a loadable OpenVINO model ({_first_line(e)})") from None
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        if not self.static_shapes:
+            return self._requests[None]
+        request = self._requests.pop(shape, None)
+        if request is None:
+            model = self.model.clone()
+            model.reshape({model.inputs[0]: list(shape)})
+            request = self._compile(model)
+            while len(self._requests) >= self.STATIC_SHAPES:
+                self._requests.pop(next(iter(self._requests)))  # the least recently used shape
+        self._requests[shape] = request  # most recently used last
+        return request
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.request.infer({0: x.detach().cpu().float().contiguous().numpy()})
+        array = x.detach().cpu().float().contiguous().numpy()
+        request = self._request(tuple(array.shape))
+        request.infer({0: array})
         # copy: the request reuses its output buffer on the next call
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy()).float()
+        return torch.from_numpy(request.get_output_tensor(0).data.copy()).float()
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def openvino_metadata(model: Any) -> dict[str, str]:
