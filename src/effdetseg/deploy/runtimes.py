@@ -12,8 +12,10 @@ Backends (``--backend``):
   OpenVINO IR folder (``model.xml`` + ``model.bin``) or an ONNX file;
 - ``torchscript``: a traced TorchScript file;
 - ``auto``: the fastest backend installed for the device — on the CPU OpenVINO, else ONNX Runtime
-  (measured on a 2-core AVX2 CPU, D4 at 512²: OpenVINO 489 ms, ONNX Runtime 591 ms, eager
-  PyTorch 712 ms); on CUDA eager PyTorch. The choice is said in one line (:class:`BackendChoice`).
+  (issue 18's measurement on a 2-core AVX2 CPU, D4 at 512²: OpenVINO 489 ms, ONNX Runtime 591 ms,
+  eager PyTorch 712 ms; on the 2-core AMD EPYC of the openvino branch's table the order was
+  ONNX Runtime 245 ms, eager 308 ms, OpenVINO 435 ms, so the order is per machine); on CUDA eager
+  PyTorch. The choice is said in one line (:class:`BackendChoice`).
 
 A checkpoint run by ONNX Runtime or OpenVINO is first exported to ONNX in memory (seconds); an
 OpenVINO folder runs only in OpenVINO, a TorchScript file only in TorchScript.
