@@ -187,7 +187,7 @@ def test_an_exported_onnx_file_serves_too(tmp_path: Path) -> None:
     export_onnx(model, path, ModelRecord.for_model(model, preprocessing=Preprocessing(size=(64, 64))))
     predictor = Predictor(path, device="cpu")
     card = model_card(path, predictor)
-    assert card.startswith("# efficientdet_d0_seg") and "(onnx)" in card and "| input | 64×64 |" in card
+    assert card.startswith("# efficientdet_d0_seg") and "(onnxruntime)" in card and "| input | 64×64 |" in card
     result = DemoModel(predictor, card, LIMITS).segment(encode(halves(40, 60)), "halves.png")
     assert (result["width"], result["height"]) == (60, 40)
     assert sum(c["share"] for c in result["classes"]) == pytest.approx(1.0)

@@ -159,3 +159,15 @@ def test_folder_missing_weights_and_push_without_token_are_one_error(trained: di
     with pytest.raises(EffdetsegError, match="no Hugging Face token"):
         save_pretrained(trained["checkpoint"], tmp_path / "pushed", push_to_hub=True, repo_id="someone/tiny")
     assert not (tmp_path / "pushed").exists()
+
+
+def test_unbounded_architecture_values_are_one_line(trained: dict, tmp_path: Path) -> None:
+    """A config.json asking for 10⁹ BiFPN channels (or any huge number) stops before any allocation."""
+    for key, value in (("bifpn_channels", 10**9), ("head_layers", 10**6), ("num_classes", 10**8)):
+        folder = tmp_path / key
+        shutil.copytree(trained["folder"], folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["architecture"][key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(EffdetsegError, match=rf"config.json: record architecture.{key} = {value} is out of range"):
+            read_model_file(folder)

@@ -98,7 +98,7 @@ def test_int8_file_is_quantized_and_carries_metadata(int8_export: tuple[Path, st
 @pytest.mark.slow
 def test_predictor_runs_int8_and_agrees_with_fp32(int8_export: tuple[Path, str, str, int], checkpoint: Path) -> None:
     quantized = Predictor(int8_export[0], device="cpu")
-    assert quantized.backend == "onnx" and quantized.num_classes == 11 and quantized.preprocessing.size == (128, 128)
+    assert quantized.backend == "onnxruntime" and quantized.num_classes == 11 and quantized.preprocessing.size == (128, 128)
     image = read_image(VAL_IMAGE)
     expected = Predictor(checkpoint, device="cpu", resolution=128).predict(image)
     classes, counts = np.unique(expected, return_counts=True)

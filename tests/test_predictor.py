@@ -12,7 +12,8 @@ from torch import nn
 from effdetseg import create_model, save_model
 from effdetseg.errors import EffdetsegError
 from effdetseg.deploy.inference import preprocess
-from effdetseg.deploy.predictor import Predictor, detect_backend
+from effdetseg.deploy.predictor import Predictor
+from effdetseg.deploy.runtimes import detect_format
 from effdetseg.io.record import IMAGENET_MEAN, Preprocessing
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -153,7 +154,7 @@ def test_bare_state_dict_needs_name_and_checks_classes(tmp_path: Path, d0_checkp
         Predictor(d0_checkpoint, device="cpu", model_name="efficientdet_d1_seg")
     with pytest.raises(EffdetsegError, match="model file not found"):
         Predictor(tmp_path / "missing.pth", device="cpu")
-    assert detect_backend(bare) == "torch" and detect_backend(tmp_path / "m.onnx") == "onnx"
+    assert detect_format(bare) == "torch" and detect_format(tmp_path / "m.onnx") == "onnx"
 
 
 def test_classifier_checkpoint_is_refused(tmp_path: Path) -> None:

@@ -35,6 +35,18 @@ def add_model_source(parser: argparse.ArgumentParser, exported: bool = True) -> 
     )
 
 
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """``--backend``: what runs the network (see :mod:`effdetseg.deploy.runtimes`)."""
+    from ..deploy.runtimes import BACKEND_CHOICES
+
+    parser.add_argument(
+        "--backend", choices=BACKEND_CHOICES,
+        help="what runs the network: torch (eager), onnxruntime, openvino (pip install 'effdetseg[openvino]'), torchscript, "
+        "or auto (the fastest installed for the device, said in one line); onnx = onnxruntime, eager = torch "
+        "(default: the file's own: torch for a checkpoint, onnxruntime for .onnx, openvino for an IR folder)",
+    )
+
+
 def add_max_image_pixels(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-image-pixels", type=int, default=None,

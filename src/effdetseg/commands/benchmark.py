@@ -1,6 +1,8 @@
 """``effdetseg benchmark``: params, GMACs, latency (median, p90), images/s and peak memory of zoo
 models; with ``--onnx``, exported ONNX files (fp32 or INT8) against the eager network they came from
-(see :mod:`effdetseg.deploy.benchmark` for how each is measured)."""
+(see :mod:`effdetseg.deploy.benchmark` for how each is measured); with ``--backends``, one table per
+model of the same network in eager PyTorch, ONNX Runtime, OpenVINO and INT8 against smp's FPN on the
+same encoder (:mod:`effdetseg.deploy.backend_table`)."""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +51,88 @@ def build_parser() -> ArgumentParser:
         help="time exported ONNX files (fp32 or INT8; repeat for several) in onnxruntime against the eager fp32 "
         "model they came from, alternately, on --threads threads (default 2); replaces the zoo table",
     )
+    table = parser.add_argument_group("--backends: one table of backends per model")
+    table.add_argument(
+        "--backends", "--backend", dest="backends",
+        help="comma list of eager, onnxruntime, openvino, int8 (OpenVINO INT8 by NNCF), onnxruntime-int8: per model "
+        "the median ms, × eager, × smp FPN (same encoder) in eager and in OpenVINO (with --compare), argmax agreement "
+        "with eager; --threads threads each (default 2)",
+    )
+    table.add_argument("--checkpoint", help="--backends: time (and compare) this checkpoint's network instead of a random-weight --model")
+    table.add_argument("--calibration", help="--backends: real images (a folder or a data preset) to calibrate INT8 on and to measure agreement on")
+    table.add_argument("--data-root", help="--backends: data.root of the --calibration preset")
+    table.add_argument("--calibration-images", type=int, default=32, help="--backends int8: calibration images (default: 32)")
+    table.add_argument("--keep-float", help="--backends int8: layers NNCF keeps in fp32 (as export --keep-float; default: stem,classifier,upsampler)")
+    table.add_argument("--agreement-images", type=int, default=8, help="--backends: held-out images for the agreement (default: 8)")
     return parser
+
+
+def benchmark_backends(args: argparse.Namespace, resolution: tuple[int, int]) -> int:
+    """``--backends``: per model, one table of backends (see :mod:`effdetseg.deploy.backend_table`)."""
+    from ..deploy.backend_table import agreement_inputs_note, backend_table, format_backend_table, parse_backends
+    from ..deploy.benchmark import cpu_name
+    from ..deploy.quantize_openvino import NncfRecipe, parse_keep_float
+
+    backends = parse_backends(args.backends)
+    if args.keep_float:
+        NncfRecipe(keep_float=parse_keep_float(args.keep_float))  # an unknown group is one line, before any work
+    threads = args.threads or 2
+    for name, value in (("--calibration-images", args.calibration_images), ("--agreement-images", args.agreement_images), ("--threads", threads)):
+        if value < 1:
+            raise EffdetsegError(f"{name} must be at least 1, got {value}")
+    if args.device not in ("auto", "cpu"):
+        raise EffdetsegError("--backends times CPU runtimes; use --device cpu")
+    if args.compare and any(side % 32 for side in resolution):
+        raise EffdetsegError(f"--compare: smp models need sizes divisible by 32, got {resolution[0]}×{resolution[1]}")
+    if any(b in backends for b in ("openvino", "int8")) or args.compare:
+        from ..deploy.runtimes import require_openvino
+
+        require_openvino()
+    images = None
+    if args.calibration:
+        from ..deploy.quantize import open_image_source
+
+        images = open_image_source(args.calibration, args.data_root)
+        for skipped in images.skipped:
+            print(f"--calibration: skipped {skipped}")
+    models = _table_models(args)
+    print(
+        f"benchmark: backends {', '.join(backends)} of {len(models)} model(s){' against smp FPN' if args.compare else ''}, "
+        f"1×3×{resolution[0]}×{resolution[1]} fp32, {threads} threads each ({cpu_name()}), "
+        f"{args.warmup} warm-up + {args.iters} timed passes, run alternately; {agreement_inputs_note(images, args.agreement_images)}"
+    )
+    all_rows = []
+    for model in models:
+        rows = backend_table(
+            model, backends, resolution, threads, args.iters, args.warmup, compare=args.compare, images=images,
+            calibration_images=args.calibration_images, agreement_images=args.agreement_images,
+            keep_float=parse_keep_float(args.keep_float) if args.keep_float else None,
+        )
+        print(format_backend_table(rows))
+        all_rows += rows
+    if args.json:
+        write_json(Path(args.json), {"resolution": list(resolution), "threads": threads, "cpu": cpu_name(), "iters": args.iters,
+                                     "backends": list(backends), "rows": [asdict(r) for r in all_rows]})
+    return 0
+
+
+def _table_models(args: argparse.Namespace) -> list:
+    """The networks of --backends: the checkpoint's, or each --model with random weights (seed 0)."""
+    import torch
+
+    from ..deploy.benchmark import zoo_candidates
+
+    if args.checkpoint:
+        from ..deploy.predictor import check_segmentation
+        from ..io.record import build_model, read_model_file
+
+        file = read_model_file(args.checkpoint)
+        if file.record is None:
+            raise EffdetsegError(f"{args.checkpoint}: a bare state dict has no record; --backends needs an effdetseg checkpoint")
+        check_segmentation(file.record, args.checkpoint)
+        return [build_model(file)]
+    torch.manual_seed(0)
+    return [candidate.build() for candidate in zoo_candidates(args.model, args.num_classes)]
 
 
 def benchmark_onnx(args: argparse.Namespace, resolution: tuple[int, int]) -> int:
@@ -102,8 +185,14 @@ def main(argv: list[str]) -> int:
     resolution = parse_resolution(args.resolution)
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:
         raise EffdetsegError("--batch and --iters must be at least 1, --warmup at least 0")
+    if args.onnx and args.backends:
+        raise EffdetsegError("give --onnx FILE or --backends LIST, not both")
     if args.onnx:
         return benchmark_onnx(args, resolution)
+    if args.backends:
+        return benchmark_backends(args, resolution)
+    if args.checkpoint or args.calibration:
+        raise EffdetsegError("--checkpoint and --calibration are for --backends")
     device = resolve_device(args.device)
     dtype = TORCH_DTYPES[args.dtype]
     if args.threads:

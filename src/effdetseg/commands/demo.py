@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EffdetsegError
-from .args import ArgumentParser, add_device
+from .args import ArgumentParser, add_backend, add_device
 
 
 def build_parser() -> ArgumentParser:
@@ -20,10 +20,14 @@ def build_parser() -> ArgumentParser:
         prog="effdetseg demo",
         description="A local web page that segments an image dropped on it, with a checkpoint's model.",
     )
-    parser.add_argument("--checkpoint", required=True, help="effdetseg checkpoint, model folder (export --format hub), or an exported .onnx / TorchScript file")
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="effdetseg checkpoint, model folder (export --format hub), or an exported .onnx / OpenVINO IR folder / TorchScript file",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0 = any free port)")
     add_device(parser)
+    add_backend(parser)
     parser.add_argument("--max-upload-mb", type=float, default=defaults.max_bytes / 2**20,
                         help=f"largest upload in MB (default: {defaults.max_bytes / 2**20:g})")
     parser.add_argument("--max-megapixels", type=float, default=defaults.max_pixels / 1e6,
@@ -45,5 +49,5 @@ def main(argv: list[str]) -> int:
     from ..deploy.demo import UploadLimits, serve
 
     limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
-    serve(Path(args.checkpoint), host=args.host, port=args.port, device=args.device, limits=limits)
+    serve(Path(args.checkpoint), host=args.host, port=args.port, device=args.device, limits=limits, backend=args.backend)
     return 0

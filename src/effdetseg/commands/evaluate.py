@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import EffdetsegError
-from .args import ArgumentParser, add_device, add_tta, parse_tta, positive, tta_from_args
+from .args import ArgumentParser, add_backend, add_device, add_tta, parse_tta, positive, tta_from_args
 
 
 def build_parser() -> ArgumentParser:
@@ -26,7 +26,11 @@ def build_parser() -> ArgumentParser:
         epilog="Data overrides use Hydra's grammar, e.g. data=voc data.root=PATH data.batch_size=4; "
         "allow_targets=[my.module.Class] trusts a _target_ of the experiment's config.yaml beyond the built-in allowlist.",
     )
-    parser.add_argument("--checkpoint", required=True, help="last.pth / best.pth / .safetensors written by effdetseg, or a model folder (export --format hub)")
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="last.pth / best.pth / .safetensors written by effdetseg, a model folder (export --format hub), "
+        "or a file of effdetseg export (.onnx, an OpenVINO IR folder)",
+    )
     parser.add_argument("--split", default="val", help="the split to evaluate: train, val, test or any the preset defines (default: val)")
     parser.add_argument(
         "--original-size", action="store_true",
@@ -36,6 +40,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a last.pth")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None, help="default: data.batch_size")
     add_device(parser)
+    add_backend(parser)
     parser.add_argument("--amp", action="store_true", help="autocast: bf16 on the CPU (slow without native bf16), fp16 on CUDA")
     parser.add_argument("--output", "--output_name", default=None, help="metrics JSON (default: eval_<checkpoint>_<data>[_<split>].json beside it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -82,10 +87,25 @@ def main(argv: list[str]) -> int:
     from ..io.files import ensure_output_folder, write_text_atomic
     from ..io.record import ResizeMode, build_model, read_model_file
 
-    file = read_model_file(checkpoint)
-    if file.record is None:
+    from ..deploy.predictor import Predictor
+    from ..deploy.runtimes import canonical_backend, detect_format
+
+    backend = canonical_backend(args.backend) if args.backend else None
+    eager = detect_format(checkpoint) == "torch" and backend in (None, "torch")
+    predictor = None  # runs the network unless it is the eager torch one (which DDP and --ema need)
+    if eager:
+        file = read_model_file(checkpoint)
+        record = file.record
+    else:
+        if args.ema:
+            raise EffdetsegError("--ema evaluates the EMA weights of a last.pth in eager PyTorch; drop --backend")
+        if args.amp:
+            raise EffdetsegError("--amp is for eager PyTorch; ONNX Runtime and OpenVINO run the network in fp32")
+        predictor = Predictor(checkpoint, device=args.device, backend=backend)
+        print(f"evaluate: {predictor.backend_note}")
+        record = predictor.record
+    if record is None:
         raise EffdetsegError(f"{checkpoint}: a bare state dict has no record (architecture, preprocessing); evaluate needs an effdetseg checkpoint")
-    record = file.record
     check_segmentation(record, checkpoint)
     cfg, data_source = data_config(checkpoint, record.provenance.data, overrides)
     data_cfg = cfg.data
@@ -97,15 +117,17 @@ def main(argv: list[str]) -> int:
 
     ctx = init_distributed(args.device)
     try:
-        model = build_model(file)
-        if args.ema:
-            if not isinstance(file.training_state.get("ema"), dict):
-                raise EffdetsegError(f"--ema: {checkpoint} holds no EMA weights (only a last.pth of an EMA run does)")
-            model.load_state_dict(file.training_state["ema"])
+        if predictor is None:
+            model = build_model(file)
+            if args.ema:
+                if not isinstance(file.training_state.get("ema"), dict):
+                    raise EffdetsegError(f"--ema: {checkpoint} holds no EMA weights (only a last.pth of an EMA run does)")
+                model.load_state_dict(file.training_state["ema"])
+        num_classes = model.num_classes if predictor is None else predictor.num_classes
         labels = build_label_set(data_cfg)
-        if model.num_classes != labels.num_classes:
+        if num_classes != labels.num_classes:
             raise EffdetsegError(
-                f"{checkpoint}: the model predicts {model.num_classes} classes but data {data_cfg.name} has {labels.num_classes}"
+                f"{checkpoint}: the model predicts {num_classes} classes but data {data_cfg.name} has {labels.num_classes}"
             )
         preprocessing = record.preprocessing
         if args.original_size:
@@ -121,8 +143,9 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(plan.threads)
         loader = val_loader(dataset, batch_size, plan.workers, ctx)
         start = time.perf_counter()
+        network = prepare_for_inference(model, ctx.device) if predictor is None else predictor.runner
         matrix = evaluate(
-            prepare_for_inference(model, ctx.device), loader, labels.num_classes, preprocessing,
+            network, loader, labels.num_classes, preprocessing,
             ignore_index=int(data_cfg.ignore_index), tta=tta, amp_dtype=amp_dtype,
             progress=ctx.is_main and not args.no_progress, description="evaluate",
         )
@@ -138,6 +161,7 @@ def main(argv: list[str]) -> int:
         report = {
             "checkpoint": str(checkpoint),
             "weights": "ema" if args.ema else "model",
+            "backend": "torch" if predictor is None else predictor.backend,
             "data": str(data_cfg.name),
             "data_config": data_source,
             "split": args.split,

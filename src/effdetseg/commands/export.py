@@ -1,19 +1,23 @@
-"""``effdetseg export``: a checkpoint → ONNX or TorchScript (BN folded, dynamic sizes), then a parity check;
-or (``--format hub``) → a model folder in the Hugging Face Hub layout with a model card (:mod:`effdetseg.deploy.hub`).
+"""``effdetseg export``: a checkpoint → ONNX, TorchScript or an OpenVINO IR folder (BN folded, dynamic
+sizes), then a parity check; or (``--format hub``) → a model folder in the Hugging Face Hub layout with a
+model card (:mod:`effdetseg.deploy.hub`).
 
-The parity check runs the written file (onnxruntime for ONNX) and the PyTorch checkpoint through
-the same inference path, on ``--image`` or else on a generated scene (no file needed), at two input
+The parity check runs the written file (onnxruntime for ONNX, OpenVINO for an IR folder) and the
+PyTorch checkpoint through the same inference path, on ``--image`` or else on a generated scene (no file needed), at two input
 sizes and batch sizes, and prints the max absolute logit difference and the fraction of pixels
 whose argmax agrees. The command fails (exit 1) unless every agreement is ≥ 99.9 %; the file is
 left in place for inspection.
 
-``--int8``: the fp32 file goes beside the output as ``NAME.fp32.onnx`` and is checked as above;
-``--output`` becomes its INT8 (QDQ) version, calibrated on ``--calibration-images`` real images (a
-folder, or a data preset's train split; see :mod:`effdetseg.deploy.quantize`). Then, on images of
-the same source that were not calibrated on, the INT8 file's label maps are compared with the
-checkpoint's through the Predictor, and the INT8 file, the fp32 file and the checkpoint as
-``predict`` runs it are timed alternately at the export size. Exit 1 when the agreement is below
-``--min-agreement``. Bad ``--int8`` options or calibration sources stop before anything is written.
+``--int8``: the fp32 file goes beside the output (``NAME.fp32.onnx``; for OpenVINO the folder
+``DIR.fp32/``) and is checked as above; ``--output`` becomes its INT8 version, calibrated on
+``--calibration-images`` real images (a folder, or a data preset's train split; see
+:mod:`effdetseg.deploy.quantize`): ONNX Runtime's static QDQ quantization for ONNX, NNCF's
+post-training quantization for OpenVINO (:mod:`effdetseg.deploy.quantize_openvino`: the sensitive
+layers kept in fp32, ``--keep-float``, or NNCF's accuracy control, ``--accuracy-control``). Then,
+on images of the same source that were not calibrated on, the INT8 file's label maps are compared
+with the checkpoint's through the Predictor, and the INT8 file, the fp32 file and the checkpoint
+as ``predict`` runs it are timed alternately at the export size. Exit 1 when the agreement is
+below ``--min-agreement``. Bad ``--int8`` options or calibration sources stop before anything is written.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from typing import Any
 from ..errors import EffdetsegError
 from .args import ArgumentParser, add_device, add_model_source, positive
 
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": "-openvino"}
 DEFAULT_CALIBRATION_IMAGES = 48
 DEFAULT_CHECK_IMAGES = 16
 DEFAULT_MIN_AGREEMENT = 98.0
@@ -36,17 +40,19 @@ DEFAULT_MIN_AGREEMENT = 98.0
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="effdetseg export",
-        description="Export a checkpoint to ONNX or TorchScript with BatchNorm folded and dynamic "
+        description="Export a checkpoint to ONNX, TorchScript or OpenVINO IR with BatchNorm folded and dynamic "
         "batch/height/width, then check the file against PyTorch.",
     )
     add_model_source(parser, exported=False)
     parser.add_argument(
-        "--format", choices=("onnx", "torchscript", "hub"),
-        help="default: from --output's suffix, else onnx; hub: a model folder (config.json, model.safetensors, README.md model card)",
+        "--format", choices=("onnx", "torchscript", "openvino", "hub"),
+        help="default: from --output's suffix, else onnx; openvino: an OpenVINO IR folder (model.xml, model.bin; "
+        "pip install 'effdetseg[openvino]'); hub: a model folder (config.json, model.safetensors, README.md model card)",
     )
     parser.add_argument(
         "--output", "--output_name",
-        help="file to write (default: the checkpoint's name with .onnx / .torchscript.pt); the folder with --format hub (default: NAME-hub/)",
+        help="file to write (default: the checkpoint's name with .onnx / .torchscript.pt); the folder with "
+        "--format openvino (default: NAME-openvino/) or hub (default: NAME-hub/)",
     )
     parser.add_argument(
         "--exporter",
@@ -74,15 +80,33 @@ def build_parser() -> ArgumentParser:
 def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     from ..deploy.quantize import CALIBRATION_METHODS
 
-    group = parser.add_argument_group("INT8 (ONNX Runtime static quantization)")
-    group.add_argument("--int8", action="store_true", help="write --output as an INT8 QDQ model (the fp32 one as NAME.fp32.onnx)")
+    from ..deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, SENSITIVE_LAYERS
+
+    group = parser.add_argument_group("INT8 (ONNX Runtime static quantization; NNCF for --format openvino)")
+    group.add_argument(
+        "--int8", action="store_true",
+        help="write --output as an INT8 model (the fp32 one as NAME.fp32.onnx, or the folder DIR.fp32/ for openvino)",
+    )
     group.add_argument("--calibration", help="a folder of real images, or a data preset (camvid, voc, …) whose train split is used")
     group.add_argument("--data-root", help="data.root of the --calibration preset (default: the experiment's config.yaml beside the checkpoint)")
     group.add_argument(
         "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
         help=f"images to calibrate on, spread over the source (default: {DEFAULT_CALIBRATION_IMAGES})",
     )
-    group.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax", help="activation ranges from (default: minmax)")
+    group.add_argument(
+        "--calibration-method", choices=CALIBRATION_METHODS, default="minmax", help="ONNX: activation ranges from (default: minmax)",
+    )
+    group.add_argument(
+        "--keep-float", default=",".join(DEFAULT_KEEP_FLOAT),
+        help=f"openvino: layers kept in fp32, a comma list of {', '.join(SENSITIVE_LAYERS)}, or 'none' "
+        f"(default: {','.join(DEFAULT_KEEP_FLOAT)})",
+    )
+    group.add_argument(
+        "--accuracy-control", action="store_true",
+        help="openvino: NNCF's accuracy-aware quantization: layers return to fp32 until the held-out argmax "
+        "agreement with fp32 drops by at most --max-drop points",
+    )
+    group.add_argument("--max-drop", type=float, default=2.0, help="openvino --accuracy-control: agreement points (default: 2)")
     group.add_argument(
         "--check-images", type=int, default=DEFAULT_CHECK_IMAGES,
         help=f"held-out images of the source for the agreement check (default: {DEFAULT_CHECK_IMAGES})",
@@ -92,7 +116,7 @@ def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"exit 1 below this %% of pixels labelled as the checkpoint does (default: {DEFAULT_MIN_AGREEMENT:g})",
     )
     group.add_argument("--threads", type=int, default=2, help="CPU threads of both runtimes for the speed-up (default: 2)")
-    group.add_argument("--timing-rounds", type=int, default=10, help="alternating timed passes (default: 10)")
+    group.add_argument("--timing-rounds", type=int, default=10, help="alternating timed passes (default: 10; 0: no timing)")
 
 
 @dataclass
@@ -104,8 +128,13 @@ class Int8Plan:
     calibration: list[int]
     held_out: list[int]
 
+    fmt: str = "onnx"
+    recipe: Any = None  # deploy.quantize_openvino.NncfRecipe for openvino
+
     @property
     def fp32_path(self) -> Path:
+        if self.fmt == "openvino":
+            return self.output.with_name(f"{self.output.name}.fp32")
         return self.output.with_name(f"{self.output.stem}.fp32{self.output.suffix}")
 
 
@@ -115,37 +144,55 @@ def _int8_plan(args: argparse.Namespace, fmt: str, checkpoint: Path, output: Pat
         if args.calibration:
             raise EffdetsegError("--calibration is for --int8 exports")
         return None
-    if fmt != "onnx":
-        raise EffdetsegError("--int8 writes ONNX; give an --output ending in .onnx")
+    if fmt not in ("onnx", "openvino"):
+        raise EffdetsegError("--int8 writes ONNX or OpenVINO; give --format onnx|openvino")
     if not args.calibration:
         raise EffdetsegError("--int8 needs --calibration: a folder of real images or a data preset such as camvid")
     positive("--check-images", args.check_images)
     positive("--threads", args.threads)
-    positive("--timing-rounds", args.timing_rounds)
+    positive("--timing-rounds", args.timing_rounds, 0)
     from ..deploy.quantize import open_image_source, split_images
 
+    recipe = None
+    if fmt == "openvino":
+        from ..deploy.quantize_openvino import NncfRecipe, parse_keep_float, require_nncf
+
+        require_nncf()
+        recipe = NncfRecipe(keep_float=parse_keep_float(args.keep_float), accuracy_control=args.accuracy_control,
+                            max_drop=args.max_drop / 100)
     source = open_image_source(args.calibration, args.data_root, experiment_config=checkpoint.parent / "config.yaml")
+    for skipped in source.skipped:
+        print(f"--calibration: skipped {skipped}")
     calibration, held_out = split_images(source.count, args.calibration_images, args.check_images)
-    return Int8Plan(output, source, calibration, held_out)
+    return Int8Plan(output, source, calibration, held_out, fmt, recipe)
 
 
 def _quantize(plan: Int8Plan, args: argparse.Namespace, checkpoint: Path) -> int:
     """Quantize the checked fp32 file into the INT8 one, then print the agreement with the
     checkpoint and the speed-up over it."""
-    import torch
-
-    from ..deploy.benchmark import eager_and_onnx_runners, time_alternating, timing_table, torch_threads
-    from ..deploy.inference import preprocess
     from ..deploy.predictor import Predictor
     from ..deploy.quantize import QuantizationRecipe, label_agreement, quantize_onnx
 
     reference = Predictor(checkpoint, device="cpu", model_name=args.model, num_classes=args.num_classes, resolution=args.resolution)
-    recipe = QuantizationRecipe(method=args.calibration_method)
+    recipe = plan.recipe if plan.fmt == "openvino" else QuantizationRecipe(method=args.calibration_method)
     print(f"calibrating on {len(plan.calibration)} images of {plan.source.description} ({recipe.describe()}) …")
     started = time.perf_counter()
-    quantize_onnx(plan.fp32_path, plan.output, plan.source, plan.calibration, reference.preprocessing, recipe)
-    size_mb = plan.output.stat().st_size / 2**20
-    print(f"wrote {plan.output} (INT8 QDQ, {size_mb:.1f} MiB) in {time.perf_counter() - started:.1f} s")
+    if plan.fmt == "openvino":
+        from ..deploy.export import save_openvino
+        from ..deploy.quantize_openvino import quantize_openvino
+        from ..deploy.runtimes import OPENVINO_XML, require_openvino
+
+        fp32 = require_openvino().Core().read_model(str(plan.fp32_path / OPENVINO_XML))
+        quantized = quantize_openvino(fp32, plan.source, plan.calibration, reference.preprocessing, recipe, validation=plan.held_out)
+        written = save_openvino(quantized, plan.output)
+        size_mb = sum(p.stat().st_size for p in plan.output.iterdir() if p.is_file()) / 2**20
+        print(f"wrote {plan.output} (OpenVINO INT8 IR, {size_mb:.1f} MiB) in {time.perf_counter() - started:.1f} s")
+        backend, files = "openvino", {"openvino fp32": plan.fp32_path, "openvino int8": written.parent}
+    else:
+        quantize_onnx(plan.fp32_path, plan.output, plan.source, plan.calibration, reference.preprocessing, recipe)
+        size_mb = plan.output.stat().st_size / 2**20
+        print(f"wrote {plan.output} (INT8 QDQ, {size_mb:.1f} MiB) in {time.perf_counter() - started:.1f} s")
+        backend, files = "onnxruntime", {"onnxruntime fp32": plan.fp32_path, "onnxruntime int8": plan.output}
 
     held_out = [plan.source.load(i) for i in plan.held_out]
     agreement = label_agreement(reference, Predictor(plan.output, device="cpu"), held_out)
@@ -154,15 +201,8 @@ def _quantize(plan: Int8Plan, args: argparse.Namespace, checkpoint: Path) -> int
         f"{100 * agreement.fraction:.2f} % of pixels (lowest image {100 * agreement.worst_image:.2f} %)"
     )
 
-    x = preprocess(held_out[0], reference.preprocessing)
-    files = {"onnxruntime fp32": plan.fp32_path, "onnxruntime int8": plan.output}
-    runners = eager_and_onnx_runners(reference.model, files, x, args.threads)
-    with torch_threads(args.threads), torch.inference_mode():
-        timings = time_alternating(runners, rounds=args.timing_rounds)
-    shape = "×".join(str(v) for v in x.shape)
-    print(f"latency at {shape}, {args.threads} threads, median of {args.timing_rounds} alternating passes:")
-    print(timing_table(timings))
-    print(f"INT8 speed-up over eager PyTorch fp32: {timings['onnxruntime int8'].speedup_over(timings['eager fp32']):.2f}×")
+    if args.timing_rounds:
+        _time_int8(args, reference, held_out[0], backend, files)
     if 100 * agreement.fraction < args.min_agreement:
         print(
             f"effdetseg export: error: INT8 agreement {100 * agreement.fraction:.2f} % is below --min-agreement {args.min_agreement:g} %",
@@ -172,12 +212,31 @@ def _quantize(plan: Int8Plan, args: argparse.Namespace, checkpoint: Path) -> int
     return 0
 
 
+def _time_int8(args: argparse.Namespace, reference: Any, image: Any, backend: str, files: dict[str, Path]) -> None:
+    """The INT8 file, the fp32 file and the checkpoint as predict runs it, timed alternately."""
+    import torch
+
+    from ..deploy.benchmark import eager_and_file_runners, time_alternating, timing_table, torch_threads
+    from ..deploy.inference import preprocess
+
+    x = preprocess(image, reference.preprocessing)
+    runners = eager_and_file_runners(reference.model, {name: (backend, path) for name, path in files.items()}, x, args.threads)
+    with torch_threads(args.threads), torch.inference_mode():
+        timings = time_alternating(runners, rounds=args.timing_rounds)
+    shape = "×".join(str(v) for v in x.shape)
+    print(f"latency at {shape}, {args.threads} threads, median of {args.timing_rounds} alternating passes:")
+    print(timing_table(timings))
+    print(f"INT8 speed-up over eager PyTorch fp32: {timings[f'{backend} int8'].speedup_over(timings['eager fp32']):.2f}×")
+
+
 def _format_from_suffix(output: str | None) -> str:
     if output is None or output.lower().endswith(".onnx"):
         return "onnx"
+    if output.lower().endswith(".xml"):
+        return "openvino"
     if output.lower().endswith((".pt", ".pth", ".ts", ".torchscript", ".jit")):
         return "torchscript"
-    raise EffdetsegError(f"{output}: cannot tell the format from the suffix; pass --format onnx|torchscript")
+    raise EffdetsegError(f"{output}: cannot tell the format from the suffix; pass --format onnx|torchscript|openvino")
 
 
 def _output_path(output: str | None, source: Path, fmt: str) -> Path:
@@ -193,7 +252,7 @@ def _export_hub(args: argparse.Namespace) -> int:
     from ..io.record import build_model, read_model_file
 
     if args.int8 or args.image or args.resolution is not None:
-        raise EffdetsegError("--int8, --image and --resolution are for ONNX / TorchScript exports, not --format hub")
+        raise EffdetsegError("--int8, --image and --resolution are for ONNX / TorchScript / OpenVINO exports, not --format hub")
     if args.weights:
         source = Path(args.weights)
         model = build_model(read_model_file(source), model_name=args.model, num_classes=args.num_classes)
@@ -216,7 +275,7 @@ def _export_hub(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..data.image_io import read_image
-    from ..deploy.export import export_onnx, export_torchscript, generated_parity_image, parity_check
+    from ..deploy.export import export_onnx, export_openvino, export_torchscript, generated_parity_image, parity_check
     from ..deploy.predictor import Predictor, check_segmentation
     from ..deploy.prepare import fold_batchnorm
     from ..devices import resolve_device
@@ -232,9 +291,19 @@ def main(argv: list[str]) -> int:
     if args.push_to_hub:
         raise EffdetsegError("--push-to-hub is for --format hub")
     source = Path(args.checkpoint or args.weights)
-    if args.output and Path(args.output).is_dir():
-        raise EffdetsegError(f"{args.output}: is a folder; --output must be a file name")
+    if args.format is None and args.output and Path(args.output).is_dir():
+        raise EffdetsegError(f"{args.output}: is a folder; --output must be a file name (or give --format openvino)")
     fmt = args.format or _format_from_suffix(args.output)
+    if fmt == "openvino":
+        from ..deploy.runtimes import require_openvino
+
+        require_openvino()  # one line before any work when the extra is missing
+        if args.output and args.output.lower().endswith(".xml"):
+            args.output = str(Path(args.output).parent)  # the IR folder that holds model.xml
+        if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+            raise EffdetsegError(f"{args.output}: is a file; --output must be a folder with --format openvino")
+    elif args.output and Path(args.output).is_dir():
+        raise EffdetsegError(f"{args.output}: is a folder; --output must be a file name")
     output = _output_path(args.output, source, fmt)
     if output.resolve() == source.resolve():
         raise EffdetsegError(f"{output}: --output would overwrite the checkpoint")
@@ -262,9 +331,11 @@ def main(argv: list[str]) -> int:
         print(f"left unfolded: {', '.join(report.unfolded)}")
     if fmt == "onnx":
         export_onnx(folded, output, record, exporter=args.exporter, opset=args.opset)
+    elif fmt == "openvino":
+        export_openvino(folded, output, record)
     else:
         export_torchscript(folded, output, record)
-    size_mb = output.stat().st_size / 2**20
+    size_mb = (sum(p.stat().st_size for p in output.iterdir() if p.is_file()) if output.is_dir() else output.stat().st_size) / 2**20
     print(f"wrote {output} ({fmt}, {size_mb:.1f} MiB) in {time.perf_counter() - started:.1f} s")
 
     print(f"parity check against PyTorch on {image_name} ({record.preprocessing.describe()}):")

@@ -26,7 +26,7 @@ from ..data.image_io import IMAGE_EXTENSIONS, image_files
 from ..io.labels import LabelSet
 from ..errors import EffdetsegError
 from .args import (
-    ArgumentParser, add_device, add_max_image_pixels, add_model_source, add_tta, apply_max_image_pixels, positive, tta_from_args,
+    ArgumentParser, add_backend, add_device, add_max_image_pixels, add_model_source, add_tta, apply_max_image_pixels, positive, tta_from_args,
 )
 from .predict_outputs import plan_outputs
 
@@ -34,7 +34,7 @@ from .predict_outputs import plan_outputs
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="effdetseg predict",
-        description="Segment images with a checkpoint (or an exported ONNX/TorchScript file). Exit status: "
+        description="Segment images with a checkpoint (or an exported ONNX/OpenVINO/TorchScript file). Exit status: "
         "0 all written, 1 some images of a folder/glob were unreadable (the rest are written), 2 bad input.",
     )
     parser.add_argument("--data", required=True, help="an image, a folder of images, or a glob such as 'photos/*.jpg'")
@@ -59,7 +59,7 @@ def build_parser() -> ArgumentParser:
     add_tta(parser)
     add_device(parser)
     add_max_image_pixels(parser)
-    parser.add_argument("--backend", choices=("torch", "onnx", "torchscript"), help="default: from the model file")
+    add_backend(parser)
     return parser
 
 
@@ -92,7 +92,7 @@ def _model_source(args: argparse.Namespace) -> tuple[Path, str | None]:
         if not args.model:
             raise EffdetsegError("--weights needs --model NAME (e.g. efficientdet_d4_seg)")
         return Path(args.weights), args.model
-    if args.model and (args.backend in ("onnx", "torchscript") or Path(args.model).is_file()):
+    if args.model and (args.backend in ("onnx", "onnxruntime", "openvino", "torchscript") or Path(args.model).exists()):
         return Path(args.model), None
     raise EffdetsegError(
         "no model: give --checkpoint PATH, or --model NAME --weights PATH, or --backend onnx --model FILE.onnx"
@@ -137,6 +137,8 @@ def main(argv: list[str]) -> int:
         keep_aspect=args.keep_aspect,
         batch_size=args.batch_size,
     )
+    if args.backend == "auto":
+        print(predictor.backend_note)
     predictor.tta = tta_from_args(args, predictor.preprocessing.size)
     labels_set = _label_set(args.labels, predictor.num_classes, predictor.labels)
     print(

@@ -338,25 +338,32 @@ def ort_session(path: str | Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def eager_and_onnx_runners(model: nn.Module, onnx_files: Mapping[str, str | Path], images: torch.Tensor, threads: int) -> dict[str, Callable[[], Any]]:
+def eager_and_file_runners(
+    model: nn.Module, files: Mapping[str, tuple[str, str | Path]], images: torch.Tensor, threads: int
+) -> dict[str, Callable[[], Any]]:
     """Runners for :func:`time_alternating`: ``model`` (prepared for inference, see
-    :func:`~effdetseg.deploy.prepare.prepare_for_inference`) as ``eager fp32``, then each ONNX file
-    under its name, all on the same input batch."""
+    :func:`~effdetseg.deploy.prepare.prepare_for_inference`) as ``eager fp32``, then each exported
+    file under its name, run by its backend (``onnxruntime`` or ``openvino``) on ``threads``
+    threads, all on the same input batch, each through the runner ``Predictor`` uses."""
     from .inference import ModelRunner
+    from .runtimes import OnnxRunner, OpenVinoRunner
 
     run = ModelRunner(model.cpu().float().eval())  # as predict runs it, memory-format conversion included
-    array = images.contiguous().numpy()
 
     def eager() -> None:
         with torch.inference_mode():
             run(images)
 
     runners: dict[str, Callable[[], Any]] = {"eager fp32": eager}
-    for name, path in onnx_files.items():
-        session = ort_session(path, threads)
-        feed = {session.get_inputs()[0].name: array}
-        runners[name] = lambda session=session, feed=feed: session.run(None, feed)
+    for name, (backend, path) in files.items():
+        runner = OpenVinoRunner(path, threads=threads) if backend == "openvino" else OnnxRunner(path, torch.device("cpu"), threads)
+        runners[name] = lambda runner=runner: runner(images)
     return runners
+
+
+def eager_and_onnx_runners(model: nn.Module, onnx_files: Mapping[str, str | Path], images: torch.Tensor, threads: int) -> dict[str, Callable[[], Any]]:
+    """:func:`eager_and_file_runners` for ONNX files, all run by ONNX Runtime."""
+    return eager_and_file_runners(model, {name: ("onnxruntime", path) for name, path in onnx_files.items()}, images, threads)
 
 
 def timing_table(timings: Mapping[str, Timing], reference: str = "eager fp32") -> str:

@@ -115,6 +115,7 @@ class DemoModel:
         return {
             "model": self.name,
             "device": str(self.predictor.device),
+            "backend": self.predictor.backend,
             "input": prep.describe(),
             "input_size": list(prep.size) if prep.size and prep.resize is not ResizeMode.original else None,
             "classes": [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.labels.names, self.labels.colors))],
@@ -223,6 +224,7 @@ def serve(
     port: int = 7860,
     device: str | None = "auto",
     limits: UploadLimits = UploadLimits(),
+    backend: str | None = None,
 ) -> None:
     """Open the port (a busy port fails before the model loads), load the model once, print the
     URL, and serve until interrupted. Requests that arrive while the model loads wait in the backlog."""
@@ -230,9 +232,9 @@ def serve(
 
     checkpoint = Path(checkpoint)
     with listen(host, port) as sock:
-        predictor = Predictor(checkpoint, device=device)
+        predictor = Predictor(checkpoint, device=device, backend=backend)
         model = DemoModel(predictor, model_card(checkpoint, predictor), limits)
         model.warm_up()
-        print(f"effdetseg demo: {model.name} on {predictor.device}, serving {url_of(sock)}  (Ctrl+C stops)", flush=True)
+        print(f"effdetseg demo: {model.name} on {predictor.device} ({predictor.backend_note}), serving {url_of(sock)}  (Ctrl+C stops)", flush=True)
         config = uvicorn.Config(build_app(model), log_level="warning", timeout_graceful_shutdown=2)
         uvicorn.Server(config).run(sockets=[sock])

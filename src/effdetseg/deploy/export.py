@@ -1,19 +1,27 @@
-"""Deployment files: ONNX / TorchScript export of the BatchNorm-folded network, and the parity check.
+"""Deployment files: ONNX / TorchScript / OpenVINO IR export of the BatchNorm-folded network, and the parity check.
 
 Dynamic shapes: batch, height and width are dynamic in both formats. The network pads its input
 to a multiple of 128 and crops the logits back; the TorchScript tracer, the legacy ONNX exporter
 (built on it) and the dynamo ONNX exporter all record that padding and cropping as computations on
 the input shape, not as constants, which the parity check confirms at two input sizes and batch sizes.
 
+OpenVINO: the ONNX graph (written as above, in memory) is read by OpenVINO's ONNX frontend and
+saved as an IR folder (``model.xml`` + ``model.bin``, fp32 weights); batch, height and width stay
+dynamic.
+
 Every file carries the model record (:mod:`effdetseg.io.record`) as JSON: in the ONNX
-``metadata_props`` and in a TorchScript extra file, both under ``effdetseg_record``, so
-``Predictor`` and ``predict`` run an exported file with the checkpoint's preprocessing and labels.
+``metadata_props``, in a TorchScript extra file and in the OpenVINO IR's ``rt_info``, all under
+``effdetseg_record``, so ``Predictor`` and ``predict`` run an exported file with the checkpoint's
+preprocessing and labels.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +31,10 @@ from ..errors import EffdetsegError
 from ..io.files import atomic_write
 from ..io.record import METADATA_KEY, ModelRecord, Preprocessing, ResizeMode
 from .inference import ModelRunner, Runner, network_logits, preprocess
-from .predictor import TORCHSCRIPT_EXTRA_FILE, Predictor
+from .runtimes import OPENVINO_BIN, OPENVINO_XML, TORCHSCRIPT_EXTRA_FILE, require_openvino
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
 
 ONNX_EXPORTERS = ("dynamo", "legacy")
 ONNX_OPSET = 18
@@ -101,6 +112,49 @@ def export_onnx(model: nn.Module, path: str | Path, record: ModelRecord, exporte
         onnx.save(proto, tmp)
 
     atomic_write(path, write)
+
+
+def onnx_bytes(model: nn.Module, record: ModelRecord) -> bytes:
+    """The ONNX file :func:`export_onnx` writes (legacy exporter), as bytes: what ONNX Runtime and
+    OpenVINO run when a checkpoint is given with ``--backend onnxruntime|openvino``."""
+    with tempfile.TemporaryDirectory(prefix="effdetseg-onnx-") as work:
+        path = Path(work) / "model.onnx"
+        export_onnx(model, path, record)
+        return path.read_bytes()
+
+
+def openvino_model(onnx: bytes | str | Path, record: ModelRecord, extra_rt_info: dict[str, str] | None = None) -> Any:
+    """An ``openvino.Model`` of an ONNX graph (bytes or file), the record in its rt_info."""
+    ov = require_openvino()
+    core = ov.Core()
+    model = core.read_model(onnx, b"") if isinstance(onnx, bytes) else core.read_model(str(onnx))
+    model.set_rt_info(record.to_json(), [METADATA_KEY])
+    for key, value in (extra_rt_info or {}).items():
+        model.set_rt_info(value, [key])
+    return model
+
+
+def save_openvino(model: Any, folder: str | Path) -> Path:
+    """Write an ``openvino.Model`` as an IR folder (``model.xml`` + ``model.bin``, weights as they
+    are: fp32, or int8 after quantization), replacing the two files together: written into a
+    temporary folder beside it, then moved in."""
+    ov = require_openvino()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".openvino-", dir=folder))
+    try:
+        ov.save_model(model, str(tmp / OPENVINO_XML), compress_to_fp16=False)
+        for name in (OPENVINO_BIN, OPENVINO_XML):  # the .bin first: an .xml never names weights that are not there
+            (tmp / name).replace(folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / OPENVINO_XML
+
+
+def export_openvino(model: nn.Module, folder: str | Path, record: ModelRecord) -> Path:
+    """Write ``model`` (BatchNorm folded) as an OpenVINO IR folder with the record; returns model.xml."""
+    require_openvino()  # before the ONNX export: a missing extra is one line, not seconds later
+    return save_openvino(openvino_model(onnx_bytes(model, record), record), folder)
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:

@@ -64,7 +64,7 @@ def save_pretrained(
     images, notes = {}, []
     ious = class_ious(record, labels)
     if ious is not None:
-        from ..engine.plots import plot_class_iou
+        from .charts import plot_class_iou
 
         miou = (record.provenance.metrics or {}).get("miou")
         title = "per-class IoU (validation)" + (f": mIoU {100 * miou:.2f} %" if miou is not None else "")

@@ -1,11 +1,13 @@
 """Segment images with a trained model: load once, then ``predict(image or batch)`` → label maps.
 
-Backends (picked from the file unless told):
-- ``torch``: an effdetseg model file (``effdetseg train`` output or ``save_model``), a model folder
-  (``save_pretrained`` / ``export --format hub``: ``config.json`` + ``model.safetensors``), or a bare
-  state dict (the original project's ``model.pth``) given with the model name and number of classes;
-- ``onnx``: a file written by ``effdetseg export`` (``.onnx``), run with onnxruntime;
-- ``torchscript``: a file written by ``effdetseg export --format torchscript``.
+What it reads: an effdetseg model file (``effdetseg train`` output or ``save_model``), a model
+folder (``save_pretrained`` / ``export --format hub``: ``config.json`` + ``model.safetensors``), a
+bare state dict (the original project's ``model.pth``) given with the model name and number of
+classes, or a file of ``effdetseg export``: ``.onnx``, an OpenVINO IR folder (``model.xml`` +
+``model.bin``), TorchScript. What runs it (``backend``, :mod:`effdetseg.deploy.runtimes`): the
+file's own runtime by default (eager PyTorch for a checkpoint), or ``torch``, ``onnxruntime``,
+``openvino`` or ``auto`` (the fastest installed for the device); a checkpoint run by ONNX Runtime
+or OpenVINO is exported to ONNX in memory first.
 
 Every backend runs the one inference path (:mod:`effdetseg.deploy.inference`) with the model
 record's preprocessing — the training size and resize mode, mean and std — so an exported model
@@ -15,9 +17,6 @@ on the CPU). Files are read once.
 """
 from __future__ import annotations
 
-import json
-import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +32,6 @@ from ..devices import resolve_device
 from ..errors import EffdetsegError
 from ..io.labels import LabelSet
 from ..io.record import (
-    METADATA_KEY,
     SEGMENTATION_FAMILIES,
     ModelRecord,
     Preprocessing,
@@ -43,10 +41,15 @@ from ..io.record import (
 )
 from .inference import NO_TTA, ModelRunner, Runner, TestTimeAugmentation, preprocess, segment
 from .prepare import prepare_for_inference
-
-BACKENDS = ("torch", "onnx", "torchscript")
-TORCHSCRIPT_EXTRA_FILE = f"{METADATA_KEY}.json"
-LEGACY_EXPORT_KEY = "effdetseg"  # ONNX metadata / TorchScript extra file of effdetseg 0.1.0
+from .runtimes import (
+    OnnxRunner,
+    OpenVinoRunner,
+    TorchScriptRunner,
+    detect_format,
+    legacy_export,
+    resolve_backend,
+    stored_record_json,
+)
 
 ImageInput = str | Path | np.ndarray | Image.Image
 
@@ -68,18 +71,6 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
-def detect_backend(path: str | Path) -> str:
-    """``.onnx`` → onnx; a zip archive with TorchScript code → torchscript; anything else → torch."""
-    path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        return "onnx"
-    if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist()):
-                return "torchscript"
-    return "torch"
-
-
 def check_segmentation(record: ModelRecord, source: str | Path) -> None:
     if not record.architecture.is_segmentation:
         import timm
@@ -94,56 +85,13 @@ def check_segmentation(record: ModelRecord, source: str | Path) -> None:
         )
 
 
-class OnnxRunner:
-    """onnxruntime on CUDA when asked for and available, else on CPU."""
-
-    def __init__(self, path: Path, device: torch.device) -> None:
-        import onnxruntime as ort
-
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as e:
-            raise EffdetsegError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
-        self.input_name = self.session.get_inputs()[0].name
-        self.device = torch.device("cpu")  # pre- and post-processing run in torch on the CPU
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[:1]
-        return torch.from_numpy(logits).float()
-
-
-class TorchScriptRunner:
-    def __init__(self, path: Path, device: torch.device) -> None:
-        extra = {TORCHSCRIPT_EXTRA_FILE: "", f"{LEGACY_EXPORT_KEY}.json": ""}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
-                self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
-        except Exception as e:
-            raise EffdetsegError(f"{path}: not a loadable TorchScript file ({type(e).__name__}: {e})") from None
-        self.device = device
-        self.metadata = {METADATA_KEY: extra[TORCHSCRIPT_EXTRA_FILE], LEGACY_EXPORT_KEY: extra[f"{LEGACY_EXPORT_KEY}.json"]}
-        self.metadata = {k: v for k, v in self.metadata.items() if v}
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.to(self.device)).float()
-
-
 def export_record(metadata: Mapping[str, str], path: Path) -> ModelRecord | None:
     """The record an exported file carries (None for files exported by other tools)."""
-    if METADATA_KEY in metadata:
-        return ModelRecord.from_json(metadata[METADATA_KEY], path)
-    if LEGACY_EXPORT_KEY in metadata:
-        try:
-            stored = json.loads(metadata[LEGACY_EXPORT_KEY])
-        except json.JSONDecodeError as e:
-            raise EffdetsegError(f"{path}: corrupt effdetseg metadata ({e})") from None
-        return legacy_record(stored, path) if isinstance(stored, Mapping) and "model_config" in stored else None
-    return None
+    stored = stored_record_json(metadata)
+    if stored is not None:
+        return ModelRecord.from_json(stored, path)
+    legacy = legacy_export(metadata, path)
+    return legacy_record(legacy, path) if legacy is not None and "model_config" in legacy else None
 
 
 class Predictor:
@@ -177,26 +125,30 @@ class Predictor:
         batch_size: int = 8,
         channels_last: bool | None = None,
         tta: TestTimeAugmentation = NO_TTA,
+        threads: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.batch_size = max(1, int(batch_size))
         self.tta = tta
-        self.model: nn.Module | None = None  # the prepared torch network (None for exported files)
+        self.threads = threads
+        self.model: nn.Module | None = None  # the prepared torch network (None for other backends)
         if isinstance(checkpoint, nn.Module):
-            self.backend, self.source = "torch", type(checkpoint).__name__
+            self.source = type(checkpoint).__name__
+            self.choice = resolve_backend(backend, "torch", self.device)
             record = ModelRecord.for_model(checkpoint) if hasattr(checkpoint, "model_config") else None
             network: nn.Module | None = checkpoint
             self.num_classes = int(record.architecture.num_classes if record else checkpoint.num_classes)
         else:
             record, network = self._load_file(Path(checkpoint), backend, model_name, num_classes)
+        self.backend = self.choice.backend
         if network is not None:
-            self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
-            self.model = prepare_for_inference(network, self.device, channels_last=self.channels_last)
-            self._run: Runner = ModelRunner(self.model)
-            if record is None:
-                record_prep = Preprocessing.for_model(network)
+            record_prep = record.preprocessing if record is not None else Preprocessing.for_model(network)
+            if self.backend == "torch":
+                self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+                self.model = prepare_for_inference(network, self.device, channels_last=self.channels_last)
+                self._run: Runner = ModelRunner(self.model)
             else:
-                record_prep = record.preprocessing
+                self._run = self._converted(network, record or ModelRecord.for_model(network))
         else:
             record_prep = record.preprocessing if record is not None else Preprocessing()
         self.record = record
@@ -212,6 +164,28 @@ class Predictor:
             )
         self.preprocessing = preprocessing
 
+    @property
+    def runner(self) -> Runner:
+        """The network as the inference path calls it: normalized batch → float32 logits."""
+        return self._run
+
+    @property
+    def backend_note(self) -> str:
+        """One line: which backend runs the model and, for ``auto``, why."""
+        return self.choice.describe()
+
+    def _converted(self, network: nn.Module, record: ModelRecord) -> Runner:
+        """A torch network run by ONNX Runtime or OpenVINO: BatchNorm folded, exported to ONNX in
+        memory (as ``effdetseg export`` writes it), loaded by the runtime."""
+        from .export import onnx_bytes
+        from .prepare import fold_batchnorm
+
+        folded, _ = fold_batchnorm(network.cpu().float().eval())
+        graph = onnx_bytes(folded, record)
+        if self.backend == "openvino":
+            return OpenVinoRunner(graph, threads=self.threads, name=self.source)
+        return OnnxRunner(graph, self.device, threads=self.threads, name=self.source)
+
     def _load_file(
         self, path: Path, backend: str | None, model_name: str | None, num_classes: int | None
     ) -> tuple[ModelRecord | None, nn.Module | None]:
@@ -219,10 +193,8 @@ class Predictor:
         if not path.exists():
             raise EffdetsegError(f"{path}: model file not found")
         self.source = str(path)
-        self.backend = backend or detect_backend(path)
-        if self.backend not in BACKENDS:
-            raise EffdetsegError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "torch":
+        self.choice = resolve_backend(backend, detect_format(path), self.device)
+        if self.choice.file_format == "torch":
             file = read_model_file(path)
             if file.record is not None:
                 check_segmentation(file.record, path)
@@ -234,7 +206,12 @@ class Predictor:
             network = build_model(file, model_name=model_name, num_classes=num_classes)
             self.num_classes = int(network.num_classes)
             return file.record or ModelRecord.for_model(network), network
-        self._run = (OnnxRunner if self.backend == "onnx" else TorchScriptRunner)(path, self.device)
+        if self.choice.backend == "openvino":
+            self._run = OpenVinoRunner(path, threads=self.threads)
+        elif self.choice.backend == "onnxruntime":
+            self._run = OnnxRunner(path, self.device, threads=self.threads)
+        else:
+            self._run = TorchScriptRunner(path, self.device)
         record = export_record(self._run.metadata, path)
         if record is not None:
             check_segmentation(record, path)

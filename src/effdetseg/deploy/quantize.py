@@ -53,6 +53,7 @@ class ImageSource:
     description: str
     names: tuple[str, ...]
     load: Callable[[int], np.ndarray]
+    skipped: tuple[str, ...] = ()  # "name: why" of the files of a folder that are not readable images
 
     @property
     def count(self) -> int:
@@ -68,10 +69,13 @@ def open_image_source(spec: str, data_root: str | Path | None = None, experiment
 
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = image_files(path)
-        if not files:
+        candidates = image_files(path)
+        if not candidates:
             raise EffdetsegError(f"--calibration {spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-        return ImageSource(f"folder {path}", tuple(p.name for p in files), lambda i: read_image(files[i]))
+        files, skipped = readable_images(candidates)
+        if not files:
+            raise EffdetsegError(f"--calibration {spec}: none of its {len(candidates)} image files is readable ({skipped[0]})")
+        return ImageSource(f"folder {path}", tuple(p.name for p in files), lambda i: read_image(files[i]), tuple(skipped))
     presets = group_options()["data"]
     if spec not in presets:
         if path.exists():
@@ -82,6 +86,28 @@ def open_image_source(spec: str, data_root: str | Path | None = None, experiment
             f"--calibration {spec}: neither an image folder nor a data preset (presets: {', '.join(presets)})"
         )
     return _preset_source(spec, data_root, experiment_config)
+
+
+def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """The rule for a folder of calibration images: a file whose name says image but whose header
+    no image decoder recognises (or that cannot be opened) is skipped and named — ``"x.jpg: not an
+    image (unrecognised format)"`` — rather than counted; only the header is read here, a file
+    truncated further on fails later, naming itself."""
+    from PIL import Image, UnidentifiedImageError
+
+    readable, skipped = [], []
+    for file in files:
+        try:
+            with Image.open(file):
+                pass
+        except UnidentifiedImageError:
+            skipped.append(f"{file.name}: not an image (unrecognised format)")
+            continue
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            skipped.append(f"{file.name}: unreadable ({e})")
+            continue
+        readable.append(file)
+    return readable, skipped
 
 
 def _preset_source(preset: str, data_root: str | Path | None, experiment_config: Path | None) -> ImageSource:

@@ -11,13 +11,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..deploy.inference import NO_TTA, TestTimeAugmentation, segment
+from ..deploy.inference import NO_TTA, Runner, TestTimeAugmentation, as_runner, segment
 from ..io.record import Preprocessing
 from .metrics import ConfusionMatrix
 
 
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Runner,
     loader: DataLoader,
     num_classes: int,
     preprocessing: Preprocessing,
@@ -28,9 +28,11 @@ def evaluate(
     progress: bool = False,
     description: str = "validate",
 ) -> ConfusionMatrix:
-    """The all-reduced confusion matrix of a prepared ``model`` (see ``prepare_for_inference``) on
-    ``loader`` (uint8 images, ``collate_list`` batches)."""
-    device = next(model.parameters()).device
+    """The all-reduced confusion matrix of a prepared ``model`` (see ``prepare_for_inference``), or
+    of a ``Predictor``'s runner (ONNX Runtime, OpenVINO …), on ``loader`` (uint8 images,
+    ``collate_list`` batches)."""
+    model = as_runner(model)
+    device = getattr(model, "device", torch.device("cpu"))
     matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
     batch_size = loader.batch_size or 1
     for batch in tqdm(loader, desc=description, disable=None if progress else True, leave=False, dynamic_ncols=True):

@@ -1,6 +1,7 @@
 """Pictures of a finished run: learning curves, per-class IoU bars, validation predictions.
 
-Written with matplotlib's Agg backend (no display needed).
+Written with matplotlib's Agg backend (no display needed). The per-class IoU chart lives in
+``deploy/charts.py`` (the model card draws it too) and is re-exported here.
 """
 from __future__ import annotations
 
@@ -10,16 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..deploy.charts import plot_class_iou, pyplot
 from ..io.labels import LabelSet
 
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+__all__ = ["plot_curves", "plot_class_iou", "plot_prediction_grid"]
 
 
 def plot_curves(history: Sequence[dict], path: Path) -> None:
@@ -45,24 +40,6 @@ def plot_curves(history: Sequence[dict], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_class_iou(names: Sequence[str], iou: Sequence[float], colors: Sequence[Sequence[int]], path: Path, title: str) -> None:
-    """Horizontal bars, one per class in its label color; classes absent from the data say n/a."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
-    values = [0.0 if math.isnan(v) else 100 * v for v in iou]
-    ys = np.arange(len(names))
-    ax.barh(ys, values, color=[np.array(c) / 255 for c in colors], edgecolor="black", linewidth=0.5)
-    for y, v, raw in zip(ys, values, iou):
-        ax.text(v + 1, y, "n/a" if math.isnan(raw) else f"{v:.1f}", va="center", fontsize=8)
-    ax.set_yticks(ys, labels=list(names))
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 110), xlabel="IoU (%)", title=title)
-    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -578,7 +578,7 @@ class Trainer:
                 + f"; {self.cpu.threads} thread(s), {self.train_loader.loader.num_workers} data worker(s) ({self.cpu.why})"
             )
         if self.budget.enabled:
-            from .plots import pyplot
+            from ..deploy.charts import pyplot
 
             pyplot()  # matplotlib's first import (~0.5 s) belongs to the setup, not to the reserved finish
             self.budget.reserve_s = broadcast_floats([self._estimate_finish_s()], self.device)[0]

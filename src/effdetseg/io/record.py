@@ -609,6 +609,38 @@ def read_record(path: str | Path) -> ModelRecord | None:
 # ----------------------------------------------------------------------------- checks
 
 
+# Upper bounds of the record's architecture numbers, far above every zoo model (D7: BiFPN 312 × 4,
+# head 624 × 3) but low enough that a model file cannot make the builder allocate without limit:
+# 10⁹ BiFPN channels would otherwise fail only at a 1.28 TB allocation, and smaller huge values could
+# fill the memory first. An integer under another key (UNet ``widths`` …) is bounded by DEFAULT.
+ARCHITECTURE_LIMITS = {
+    "num_classes": 65536,
+    "bifpn_channels": 4096,
+    "head_channels": 4096,
+    "bifpn_layers": 32,
+    "head_layers": 32,
+    "min_level": 8,
+    "max_level": 10,
+    "in_channels": 64,
+}
+DEFAULT_ARCHITECTURE_LIMIT = 8192
+
+
+def _check_bounds(key: str, value: Any, source: str | Path) -> None:
+    """Every integer of the record's architecture (also inside lists) in 0 … its limit."""
+    if isinstance(value, (list, tuple)):
+        if len(value) > 64:
+            raise EffdetsegError(f"{source}: record architecture.{key} has {len(value)} entries (at most 64)")
+        for item in value:
+            _check_bounds(key, item, source)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    limit = ARCHITECTURE_LIMITS.get(key, DEFAULT_ARCHITECTURE_LIMIT)
+    if not (0 <= value <= limit):  # also NaN
+        raise EffdetsegError(f"{source}: record architecture.{key} = {value!r} is out of range (0 … {limit})")
+
+
 def _architecture(raw: Any, source: str | Path) -> Architecture:
     if not isinstance(raw, Mapping):
         raise EffdetsegError(f"{source}: the model record has no architecture")
@@ -620,6 +652,8 @@ def _architecture(raw: Any, source: str | Path) -> Architecture:
         raise EffdetsegError(f"{source}: record architecture.name must be a model name, got {name!r}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise EffdetsegError(f"{source}: record architecture.num_classes must be a positive integer, got {num_classes!r}")
+    for key, value in {"num_classes": num_classes, **raw}.items():
+        _check_bounds(key, value, source)
     return Architecture(name, num_classes, raw)
 
 

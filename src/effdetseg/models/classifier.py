@@ -6,10 +6,11 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from .registry import register_model
+from .registry import register_fallback, register_model
 from .weights import load_backbone_weights
 
 
+@register_fallback
 def timm_classifier(name: str, num_classes: int = 1000, pretrained: bool | str | Path = False, **kwargs) -> nn.Module:
     """Any timm classifier; ``pretrained`` may be a local file in timm or EfficientNet-PyTorch naming."""
     if name not in timm.list_models():

@@ -1,4 +1,9 @@
-"""Model registry: variant functions register under their name; ``create_model`` builds by name."""
+"""Model registry: variant functions register under their name; ``create_model`` builds by name.
+
+The registry imports no model module: the modules register into it (variants with
+``register_model``, the builder of names no variant has — timm classifiers — with
+``register_fallback``), so the dependency runs one way, model modules → registry.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,6 +13,7 @@ from torch import nn
 
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _families: dict[str, str] = {}
+_fallback: Callable[..., nn.Module] | None = None  # builds names no variant has (timm classifiers)
 
 
 def register_model(family: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -19,6 +25,14 @@ def register_model(family: str) -> Callable[[Callable[..., nn.Module]], Callable
         return fn
 
     return wrap
+
+
+def register_fallback(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register the builder ``create_model`` calls, as ``builder(name, **kwargs)``, for a name no
+    variant has (``models/classifier.py``: any timm classifier)."""
+    global _fallback
+    _fallback = builder
+    return builder
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -46,10 +60,10 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
         kwargs["num_classes"] = num_classes
     if name in _entrypoints:
         model = _entrypoints[name](**kwargs)
+    elif _fallback is not None:
+        model = _fallback(name, **kwargs)
     else:
-        from .classifier import timm_classifier
-
-        model = timm_classifier(name, **kwargs)
+        raise ValueError(f"unknown model {name!r}: not an effdetseg variant (see `effdetseg models`)")
     # A path to local weights is not part of the architecture: a rebuilt model gets its weights
     # from the checkpoint instead.
     overrides = {k: v for k, v in kwargs.items() if k not in ("num_classes", "backbone_pretrained", "pretrained")}

@@ -1,0 +1,275 @@
+"""The runtimes an exported network runs in, behind one call: normalized float batch → logits.
+
+What flows: a model file's format (:func:`detect_format`) and the ``backend`` asked for
+(:func:`resolve_backend`) pick a runtime; its runner takes the B×3×h×w float32 batch the one
+inference path (:mod:`effdetseg.deploy.inference`) prepared and returns B×C×h×w float32 logits,
+so every backend goes through the same preprocessing, resizing back and argmax.
+
+Backends (``--backend``):
+- ``torch`` (alias ``eager``): the PyTorch network, prepared by ``prepare_for_inference``;
+- ``onnxruntime`` (alias ``onnx``): ONNX Runtime, on CUDA when asked for and installed, else CPU;
+- ``openvino``: Intel OpenVINO on the CPU (the optional extra ``effdetseg[openvino]``), reading an
+  OpenVINO IR folder (``model.xml`` + ``model.bin``) or an ONNX file;
+- ``torchscript``: a traced TorchScript file;
+- ``auto``: the fastest backend installed for the device — on the CPU OpenVINO, else ONNX Runtime
+  (issue 18's measurement on a 2-core AVX2 CPU, D4 at 512²: OpenVINO 489 ms, ONNX Runtime 591 ms,
+  eager PyTorch 712 ms; on the 2-core AMD EPYC of the openvino branch's table the order was
+  ONNX Runtime 245 ms, eager 308 ms, OpenVINO 435 ms, so the order is per machine); on CUDA eager
+  PyTorch. The choice is said in one line (:class:`BackendChoice`).
+
+A checkpoint run by ONNX Runtime or OpenVINO is first exported to ONNX in memory (seconds); an
+OpenVINO folder runs only in OpenVINO, a TorchScript file only in TorchScript.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import EffdetsegError
+from ..io.record import METADATA_KEY
+
+BACKENDS = ("torch", "onnxruntime", "openvino", "torchscript")
+BACKEND_CHOICES = (*BACKENDS, "auto", "eager", "onnx")  # what --backend accepts
+ALIASES = {"eager": "torch", "onnx": "onnxruntime"}
+FORMATS = ("torch", "onnx", "openvino", "torchscript")  # what a model file is
+RUNS_IN = {  # file format → the backends that can run it, the default first
+    "torch": ("torch", "onnxruntime", "openvino"),
+    "onnx": ("onnxruntime", "openvino"),
+    "openvino": ("openvino",),
+    "torchscript": ("torchscript",),
+}
+CPU_SPEED_ORDER = ("openvino", "onnxruntime", "torch")  # fastest first, measured (module doc)
+OPENVINO_XML = "model.xml"  # an OpenVINO IR folder: the graph …
+OPENVINO_BIN = "model.bin"  # … and its weights
+OPENVINO_RECORD_KEY = METADATA_KEY  # the model record, in the IR's rt_info (as in ONNX metadata)
+OPENVINO_QUANTIZATION_KEY = "effdetseg_quantization"  # how an INT8 IR was made, in its rt_info
+TORCHSCRIPT_EXTRA_FILE = f"{METADATA_KEY}.json"
+LEGACY_EXPORT_KEY = "effdetseg"  # ONNX metadata / TorchScript extra file of effdetseg 0.1.0
+OPENVINO_MISSING = "the OpenVINO backend needs the optional extra: pip install 'effdetseg[openvino]'"
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def require_openvino() -> Any:
+    """The ``openvino`` module, or one error line saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise EffdetsegError(OPENVINO_MISSING) from None
+    return openvino
+
+
+def canonical_backend(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in (*BACKENDS, "auto"):
+        raise EffdetsegError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {name!r}")
+    return name
+
+
+def detect_format(path: str | Path) -> str:
+    """``.onnx`` → onnx; an OpenVINO IR (``.xml``, or a folder holding ``model.xml``) → openvino; a
+    zip archive with TorchScript code → torchscript; anything else (checkpoints, model folders) → torch."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.suffix.lower() == ".xml" or (path.is_dir() and (path / OPENVINO_XML).is_file()):
+        return "openvino"
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist()):
+                return "torchscript"
+    return "torch"
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend that runs a file, and why (``auto``'s one line)."""
+
+    backend: str
+    file_format: str
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"backend {self.backend}" + (f" ({self.reason})" if self.reason else "")
+
+
+def resolve_backend(requested: str | None, file_format: str, device: torch.device) -> BackendChoice:
+    """The backend for a file of ``file_format`` on ``device``: the one asked for (checked against
+    what can run the format), the format's own when None, the fastest installed with ``auto``."""
+    runs_in = RUNS_IN[file_format]
+    if requested is None:
+        return BackendChoice(runs_in[0], file_format)
+    backend = canonical_backend(requested)
+    if backend == "auto":
+        if device.type == "cuda":
+            candidates = ("torch", "onnxruntime") if file_format == "torch" else runs_in
+            installed = [b for b in candidates if b != "openvino"] or list(runs_in)
+            return BackendChoice(installed[0], file_format, f"auto: the fastest for {device.type} of those that run a {file_format} file")
+        order = [b for b in CPU_SPEED_ORDER if b in runs_in] or list(runs_in)
+        installed = [b for b in order if b != "openvino" or openvino_installed()]
+        if not installed:
+            raise EffdetsegError(f"--backend auto: {OPENVINO_MISSING}")
+        skipped = "" if installed[0] == order[0] else f"; {order[0]} is not installed"
+        return BackendChoice(
+            installed[0], file_format, f"auto: fastest installed on the CPU for a {file_format} file, of {' > '.join(order)}{skipped}"
+        )
+    if backend not in runs_in:
+        raise EffdetsegError(f"--backend {backend}: a {file_format} file runs in {' or '.join(runs_in)}")
+    if backend == "openvino":
+        require_openvino()
+    if device.type == "cuda" and backend == "openvino":
+        raise EffdetsegError("--backend openvino runs on the CPU; use --device cpu (or --backend torch/onnxruntime on CUDA)")
+    return BackendChoice(backend, file_format)
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+class OnnxRunner:
+    """ONNX Runtime on CUDA when asked for and available, else on the CPU (``threads``: None = its choice)."""
+
+    def __init__(self, path: str | Path | bytes, device: torch.device, threads: int | None = None, name: str | None = None) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about the optimized graph are not the user's business
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        source = path if isinstance(path, bytes) else str(path)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=providers)
+        except Exception as e:
+            raise EffdetsegError(f"{name or path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.device = torch.device("cpu")  # pre- and post-processing run in torch on the CPU
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})[:1]
+        return torch.from_numpy(logits).float()
+
+
+class OpenVinoRunner:
+    """OpenVINO on the CPU: an IR folder / ``.xml`` file, an ONNX file or ONNX bytes, compiled for
+    latency (``PERFORMANCE_HINT=LATENCY``; ``threads``: None = OpenVINO's choice) in fp32
+    (``INFERENCE_PRECISION_HINT=f32``: CPUs with AMX would otherwise run bf16 and miss the parity check).
+
+    The graph keeps dynamic batch/height/width, but it is compiled once per input shape it meets
+    (the last ``STATIC_SHAPES`` kept): with the shape fixed, OpenVINO folds the pad-to-128 and crop
+    arithmetic (hundreds of ShapeOf nodes) into constants instead of evaluating it on every call.
+    ``static_shapes=False`` compiles the dynamic graph once instead."""
+
+    STATIC_SHAPES = 4
+
+    def __init__(self, source: str | Path | bytes | Any, threads: int | None = None, name: str | None = None,
+                 static_shapes: bool = True) -> None:
+        ov = require_openvino()
+        self.core = ov.Core()
+        self.what = name or (str(source) if isinstance(source, (str, Path)) else "the network")
+        try:
+            if isinstance(source, (str, Path)):
+                path = Path(source)
+                path = path / OPENVINO_XML if path.is_dir() else path
+                model = self.core.read_model(str(path))
+            elif isinstance(source, bytes):
+                model = self.core.read_model(source, b"")  # ONNX bytes (the frontend is picked from the content)
+            else:
+                model = source  # an ov.Model
+        except Exception as e:
+            raise EffdetsegError(f"{self.what}: not a loadable OpenVINO model ({_first_line(e)})") from None
+        self.model = model
+        self.config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.static_shapes = static_shapes
+        self._requests: dict[tuple[int, ...] | None, Any] = {}
+        if not static_shapes:
+            self._requests[None] = self._compile(model)
+        self.device = torch.device("cpu")
+        self.metadata = openvino_metadata(model)
+
+    def _compile(self, model: Any) -> Any:
+        try:
+            return self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        except Exception as e:
+            raise EffdetsegError(f"{self.what}: not a loadable OpenVINO model ({_first_line(e)})") from None
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        if not self.static_shapes:
+            return self._requests[None]
+        request = self._requests.pop(shape, None)
+        if request is None:
+            model = self.model.clone()
+            model.reshape({model.inputs[0]: list(shape)})
+            request = self._compile(model)
+            while len(self._requests) >= self.STATIC_SHAPES:
+                self._requests.pop(next(iter(self._requests)))  # the least recently used shape
+        self._requests[shape] = request  # most recently used last
+        return request
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().cpu().float().contiguous().numpy()
+        request = self._request(tuple(array.shape))
+        request.infer({0: array})
+        # copy: the request reuses its output buffer on the next call
+        return torch.from_numpy(request.get_output_tensor(0).data.copy()).float()
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def openvino_metadata(model: Any) -> dict[str, str]:
+    """The effdetseg entries of an OpenVINO model's rt_info (the record, how it was quantized)."""
+    metadata = {}
+    for key in (OPENVINO_RECORD_KEY, OPENVINO_QUANTIZATION_KEY):
+        if model.has_rt_info([key]):
+            metadata[key] = model.get_rt_info([key]).astype(str)
+    return metadata
+
+
+class TorchScriptRunner:
+    def __init__(self, path: Path, device: torch.device) -> None:
+        extra = {TORCHSCRIPT_EXTRA_FILE: "", f"{LEGACY_EXPORT_KEY}.json": ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
+                self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
+        except Exception as e:
+            raise EffdetsegError(f"{path}: not a loadable TorchScript file ({type(e).__name__}: {e})") from None
+        self.device = device
+        stored = {METADATA_KEY: extra[TORCHSCRIPT_EXTRA_FILE], LEGACY_EXPORT_KEY: extra[f"{LEGACY_EXPORT_KEY}.json"]}
+        self.metadata = {k: v for k, v in stored.items() if v}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.device)).float()
+
+
+def stored_record_json(metadata: Mapping[str, str]) -> str | None:
+    """The record JSON a runner's metadata holds under ``effdetseg_record``, if any."""
+    return metadata.get(METADATA_KEY)
+
+
+def legacy_export(metadata: Mapping[str, str], path: Path) -> Mapping[str, Any] | None:
+    """effdetseg 0.1.0's export metadata, parsed (None when absent)."""
+    if LEGACY_EXPORT_KEY not in metadata:
+        return None
+    try:
+        stored = json.loads(metadata[LEGACY_EXPORT_KEY])
+    except json.JSONDecodeError as e:
+        raise EffdetsegError(f"{path}: corrupt effdetseg metadata ({e})") from None
+    return stored if isinstance(stored, Mapping) else None

@@ -1,0 +1,216 @@
+"""The OpenVINO backend and the backend switch: `export --format openvino` (IR folder, record, parity),
+Predictor / predict / evaluate with --backend, NNCF INT8 with calibration on real images (a non-image
+file skipped and named), the `benchmark --backends` table, and one line when OpenVINO is missing."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from effdetseg import create_model, save_model
+from effdetseg.cli import main as cli
+from effdetseg.data import read_image, read_mask
+from effdetseg.deploy.predictor import Predictor
+from effdetseg.deploy.runtimes import detect_format, resolve_backend
+from effdetseg.errors import EffdetsegError
+from effdetseg.io.record import Preprocessing, ResizeMode
+
+ov = pytest.importorskip("openvino", reason="the OpenVINO backend is the optional extra effdetseg[openvino]")
+
+CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
+VAL_IMAGE = CAMVID / "val" / "0016E5_07959.jpg"
+# A small network of D0's topology: exporting, converting and quantizing it takes seconds.
+TINY = dict(backbone="mobilenetv3_small_050", bifpn_layers=1, bifpn_channels=16, head_channels=16, head_layers=1)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not VAL_IMAGE.is_file():
+        pytest.fail(f"real sample data missing: {VAL_IMAGE}")
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0_seg", num_classes=11, **TINY).eval()
+    with torch.no_grad():  # a random classifier bias outweighs the random features: one class everywhere
+        model.head.classifier.bias.zero_()
+    path = tmp_path_factory.mktemp("openvino") / "tiny.safetensors"
+    save_model(model, path, preprocessing=Preprocessing(size=(128, 128), resize=ResizeMode.fixed))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ir_folder(checkpoint: Path) -> tuple[Path, str]:
+    output = checkpoint.with_name("tiny-ir")
+    code, printed, errors = run_cli(["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(output),
+                                     "--device", "cpu", "--image", str(VAL_IMAGE)])
+    assert code == 0, printed + errors
+    return output, printed
+
+
+def test_export_writes_an_ir_folder_with_the_record(ir_folder: tuple[Path, str], checkpoint: Path) -> None:
+    folder, printed = ir_folder
+    assert {p.name for p in folder.iterdir()} == {"model.xml", "model.bin"}
+    assert printed.count("argmax agreement 100.000 % ok") == 2  # the parity check at two sizes and batches
+    assert detect_format(folder) == "openvino" and detect_format(folder / "model.xml") == "openvino"
+    model = ov.Core().read_model(str(folder / "model.xml"))
+    assert model.inputs[0].get_partial_shape().is_dynamic  # batch, height and width
+    record = json.loads(model.get_rt_info(["effdetseg_record"]).astype(str))
+    assert record["architecture"]["backbone"] == TINY["backbone"] and record["preprocessing"]["size"] == [128, 128]
+
+
+def test_every_backend_predicts_what_eager_predicts(ir_folder: tuple[Path, str], checkpoint: Path) -> None:
+    image = read_image(VAL_IMAGE)
+    eager = Predictor(checkpoint, device="cpu")
+    expected = eager.predict(image)
+    assert len(np.unique(expected)) >= 2, "the reference labels one class only: agreement would be trivial"
+    runs = {
+        "folder": Predictor(ir_folder[0], device="cpu"),
+        "xml": Predictor(ir_folder[0] / "model.xml", device="cpu"),
+        "checkpoint openvino": Predictor(checkpoint, device="cpu", backend="openvino"),
+        "checkpoint onnxruntime": Predictor(checkpoint, device="cpu", backend="onnxruntime"),
+        "checkpoint auto": Predictor(checkpoint, device="cpu", backend="auto"),
+    }
+    for name, predictor in runs.items():
+        assert predictor.model is None and predictor.num_classes == 11, name
+        assert predictor.preprocessing == eager.preprocessing, name
+        assert (predictor.predict(image) == expected).mean() >= 0.999, name
+    assert runs["folder"].backend == "openvino" and runs["checkpoint onnxruntime"].backend == "onnxruntime"
+    assert runs["checkpoint auto"].backend == "openvino" and "auto: fastest installed" in runs["checkpoint auto"].backend_note
+    # dynamic shapes: other sizes and a batch of two
+    other = Predictor(ir_folder[0], device="cpu", resolution=(96, 160))
+    assert [m.shape for m in other.predict([image, image[:200, :300]])] == [image.shape[:2], (200, 300)]
+
+
+def test_backend_choice_rules() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_backend(None, "onnx", cpu).backend == "onnxruntime"
+    assert resolve_backend("onnx", "torch", cpu).backend == "onnxruntime"  # the old name still works
+    assert resolve_backend("eager", "torch", cpu).backend == "torch"
+    assert resolve_backend("openvino", "onnx", cpu).backend == "openvino"  # OpenVINO reads ONNX files too
+    assert resolve_backend("auto", "torchscript", cpu).backend == "torchscript"
+    for requested, file_format, message in (("openvino", "torchscript", "runs in torchscript"),
+                                            ("onnxruntime", "openvino", "runs in openvino"),
+                                            ("tensorrt", "torch", "--backend must be one of")):
+        with pytest.raises(EffdetsegError, match=message):
+            resolve_backend(requested, file_format, cpu)
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_with_the_openvino_backend(ir_folder: tuple[Path, str], checkpoint: Path, tmp_path: Path) -> None:
+    """predict writes the same labels through every backend, and evaluate scores what predict writes."""
+    for name, argv in {"torch": ["--checkpoint", str(checkpoint)],
+                       "ir": ["--checkpoint", str(ir_folder[0])],
+                       "auto": ["--checkpoint", str(checkpoint), "--backend", "auto"]}.items():
+        code, printed, errors = run_cli(["predict", "--data", str(VAL_IMAGE), *argv, "--output", str(tmp_path / name)])
+        assert code == 0, errors
+    assert "backend openvino (auto: fastest installed" in printed
+    labels = {name: read_mask(tmp_path / name / f"{VAL_IMAGE.stem}_labels.png") for name in ("torch", "ir", "auto")}
+    assert (labels["ir"] == labels["torch"]).mean() >= 0.999 and (labels["auto"] == labels["torch"]).mean() >= 0.999
+    reports = {}
+    for name, argv in {"torch": ["--checkpoint", str(checkpoint)],
+                       "openvino": ["--checkpoint", str(checkpoint), "--backend", "openvino"],
+                       "ir": ["--checkpoint", str(ir_folder[0])]}.items():
+        output = tmp_path / f"eval_{name}.json"
+        code, printed, errors = run_cli(["evaluate", *argv, "data=camvid", f"data.root={CAMVID}", "--no-progress",
+                                         "--output", str(output)])
+        assert code == 0, errors
+        reports[name] = json.loads(output.read_text())
+    assert reports["openvino"]["backend"] == reports["ir"]["backend"] == "openvino" and reports["torch"]["backend"] == "torch"
+    assert reports["openvino"]["miou"] == pytest.approx(reports["torch"]["miou"], abs=1e-3)
+    assert reports["ir"]["miou"] == pytest.approx(reports["torch"]["miou"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_int8_by_nncf_calibrates_on_real_images_and_names_a_non_image(checkpoint: Path, tmp_path: Path) -> None:
+    images = tmp_path / "calibration"
+    images.mkdir()
+    for path in sorted((CAMVID / "val").glob("*.jpg"))[:7]:
+        shutil.copy(path, images / path.name)
+    (images / "x.jpg").write_text("not an image")
+    output = tmp_path / "int8"
+    code, printed, errors = run_cli([
+        "export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(output), "--int8",
+        "--calibration", str(images), "--calibration-images", "4", "--check-images", "2", "--timing-rounds", "1",
+        "--threads", "1", "--min-agreement", "50", "--device", "cpu",
+    ])
+    assert code == 0, printed + errors
+    assert "--calibration: skipped x.jpg: not an image (unrecognised format)" in printed
+    assert "calibrating on 4 images of folder" in printed and "NNCF performance, fp32: stem, classifier, upsampler" in printed
+    assert (output / "model.xml").is_file() and (tmp_path / "int8.fp32" / "model.xml").is_file()
+    for runner in ("eager fp32", "openvino fp32", "openvino int8"):
+        assert f"  {runner} " in printed
+    model = ov.Core().read_model(str(output / "model.xml"))
+    fake_quantize = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    assert len(fake_quantize) > 20
+    # the sensitive layers stay in fp32: nothing quantizes the classifier's or the upsampler's input
+    quantized_inputs = {target.get_node().get_friendly_name() for op in fake_quantize for target in op.output(0).get_target_inputs()}
+    assert not any("/head/classifier/" in name or "/upsample/" in name for name in quantized_inputs)
+    quantization = json.loads(model.get_rt_info(["effdetseg_quantization"]).astype(str))
+    assert len(quantization["calibration"]["images"]) == 4 and "x.jpg" not in quantization["calibration"]["images"]
+    predictor = Predictor(output, device="cpu")
+    assert predictor.backend == "openvino" and predictor.preprocessing.size == (128, 128)
+    assert predictor.predict(read_image(VAL_IMAGE)).shape == (360, 480)
+
+
+@pytest.mark.slow
+def test_benchmark_backends_table(tmp_path: Path) -> None:
+    pytest.importorskip("segmentation_models_pytorch", reason="--compare needs segmentation_models_pytorch")
+    output = tmp_path / "table.json"
+    code, printed, errors = run_cli([
+        "benchmark", "--backends", "onnxruntime,openvino,int8", "--model", "efficientdet_d0_seg", "--num-classes", "11",
+        "--resolution", "64", "--iters", "1", "--warmup", "1", "--threads", "1", "--compare",
+        "--calibration", str(CAMVID / "val"), "--calibration-images", "2", "--agreement-images", "1", "--json", str(output),
+    ])
+    assert code == 0, printed + errors
+    assert "| model | backend | median ms | × eager | × FPN eager | × FPN OpenVINO | argmax agreement with eager |" in printed
+    rows = json.loads(output.read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["eager", "onnxruntime", "openvino", "int8", "smp FPN eager", "smp FPN openvino"]
+    assert rows[0]["vs_eager"] == 1.0 and rows[0]["agreement"] == 1.0
+    assert all(r["median_ms"] > 0 and r["vs_fpn_eager"] > 0 and r["vs_fpn_openvino"] > 0 for r in rows)
+    assert rows[1]["agreement"] >= 0.999 and rows[2]["agreement"] >= 0.999 and 0 <= rows[3]["agreement"] <= 1
+
+
+def test_bad_backend_input_is_one_line(ir_folder: tuple[Path, str], checkpoint: Path, tmp_path: Path) -> None:
+    cases = [
+        (["benchmark", "--backends", "eager,tensorrt"], "--backends: unknown tensorrt"),
+        (["benchmark", "--backends", "int8", "--resolution", "64"], "INT8 needs real images to calibrate on"),
+        (["benchmark", "--onnx", "x.onnx", "--backends", "openvino"], "not both"),
+        (["predict", "--data", str(VAL_IMAGE), "--checkpoint", str(ir_folder[0]), "--backend", "onnxruntime",
+          "--output", str(tmp_path)], "runs in openvino"),
+        (["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(checkpoint)], "must be a folder"),
+        (["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--int8", "--calibration", str(CAMVID / "val"),
+          "--output", str(tmp_path / "m.pt")], "--int8 writes ONNX or OpenVINO"),
+        (["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--int8", "--calibration", str(CAMVID / "val"),
+          "--keep-float", "stem,head", "--output", str(tmp_path / "ir")], "unknown layer group(s) ['head']"),
+    ]
+    for argv, message in cases:
+        code, printed, errors = run_cli(argv)
+        lines = errors.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, errors)
+
+
+def test_missing_openvino_is_one_line(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
+    monkeypatch.setattr("effdetseg.deploy.runtimes.openvino_installed", lambda: False)
+    for argv in (["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(tmp_path / "ir")],
+                 ["predict", "--data", str(VAL_IMAGE), "--checkpoint", str(checkpoint), "--backend", "openvino",
+                  "--output", str(tmp_path / "out")]):
+        code, printed, errors = run_cli(argv)
+        assert code == 2 and errors.strip().splitlines() == [
+            f"effdetseg {argv[0]}: error: the OpenVINO backend needs the optional extra: pip install 'effdetseg[openvino]'"
+        ]
+    assert not (tmp_path / "ir").exists() and not (tmp_path / "out").exists()
+    # auto falls back to the fastest backend that is installed
+    assert Predictor(checkpoint, device="cpu", backend="auto").backend == "onnxruntime"
