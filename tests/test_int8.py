@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
+from conftest import TINY_D0 as TINY
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_image, read_mask
@@ -24,22 +24,14 @@ from effdetseg.io.record import METADATA_KEY, ModelRecord, Preprocessing
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CAMVID = DATA / "camvid"
 VAL_IMAGE = CAMVID / "val" / "0016E5_07959.jpg"
-# A small network of D0's topology: quantizing and timing it takes seconds.
-TINY = dict(backbone="mobilenetv3_small_050", bifpn_layers=1, bifpn_channels=16, head_channels=16, head_layers=1)
 EXPORT_FLAGS = ["--resolution", "128", "--calibration-images", "4", "--check-images", "2", "--timing-rounds", "1",
                 "--threads", "1", "--image", str(VAL_IMAGE)]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not VAL_IMAGE.is_file():
-        pytest.fail(f"real sample data missing: {VAL_IMAGE}")
-    torch.manual_seed(0)
-    model = create_model("efficientdet_d0_seg", num_classes=11, **TINY).eval()
-    with torch.no_grad():  # a random classifier bias outweighs the random features: one class everywhere
-        model.head.classifier.bias.zero_()
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_camvid_network) -> Path:
     path = tmp_path_factory.mktemp("int8") / "tiny.safetensors"
-    save_model(model, path)
+    save_model(tiny_camvid_network, path)
     return path
 
 

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from effdetseg import create_model, save_model
+from conftest import TINY_D0 as TINY
+from effdetseg import save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_image, read_mask
 from effdetseg.deploy.predictor import Predictor
@@ -26,8 +28,6 @@ ov = pytest.importorskip("openvino", reason="the OpenVINO backend is the optiona
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 VAL_IMAGE = CAMVID / "val" / "0016E5_07959.jpg"
-# A small network of D0's topology: exporting, converting and quantizing it takes seconds.
-TINY = dict(backbone="mobilenetv3_small_050", bifpn_layers=1, bifpn_channels=16, head_channels=16, head_layers=1)
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -37,16 +37,17 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def run_command(argv: list[str]) -> tuple[int, str, str]:
+    """``effdetseg ARGV`` in a fresh process: OpenVINO, ONNX Runtime and torch thread pools that
+    many earlier tests set up in one process have crashed it there; a user's command starts afresh."""
+    proc = subprocess.run([sys.executable, "-m", "effdetseg", *argv], capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not VAL_IMAGE.is_file():
-        pytest.fail(f"real sample data missing: {VAL_IMAGE}")
-    torch.manual_seed(0)
-    model = create_model("efficientdet_d0_seg", num_classes=11, **TINY).eval()
-    with torch.no_grad():  # a random classifier bias outweighs the random features: one class everywhere
-        model.head.classifier.bias.zero_()
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_camvid_network) -> Path:
     path = tmp_path_factory.mktemp("openvino") / "tiny.safetensors"
-    save_model(model, path, preprocessing=Preprocessing(size=(128, 128), resize=ResizeMode.fixed))
+    save_model(tiny_camvid_network, path, preprocessing=Preprocessing(size=(128, 128), resize=ResizeMode.fixed))
     return path
 
 
@@ -113,7 +114,7 @@ def test_predict_and_evaluate_with_the_openvino_backend(ir_folder: tuple[Path, s
     for name, argv in {"torch": ["--checkpoint", str(checkpoint)],
                        "ir": ["--checkpoint", str(ir_folder[0])],
                        "auto": ["--checkpoint", str(checkpoint), "--backend", "auto"]}.items():
-        code, printed, errors = run_cli(["predict", "--data", str(VAL_IMAGE), *argv, "--output", str(tmp_path / name)])
+        code, printed, errors = run_command(["predict", "--data", str(VAL_IMAGE), *argv, "--output", str(tmp_path / name)])
         assert code == 0, errors
     assert "backend openvino (auto: fastest installed" in printed
     labels = {name: read_mask(tmp_path / name / f"{VAL_IMAGE.stem}_labels.png") for name in ("torch", "ir", "auto")}
@@ -123,7 +124,7 @@ def test_predict_and_evaluate_with_the_openvino_backend(ir_folder: tuple[Path, s
                        "openvino": ["--checkpoint", str(checkpoint), "--backend", "openvino"],
                        "ir": ["--checkpoint", str(ir_folder[0])]}.items():
         output = tmp_path / f"eval_{name}.json"
-        code, printed, errors = run_cli(["evaluate", *argv, "data=camvid", f"data.root={CAMVID}", "--no-progress",
+        code, printed, errors = run_command(["evaluate", *argv, "data=camvid", f"data.root={CAMVID}", "--no-progress",
                                          "--output", str(output)])
         assert code == 0, errors
         reports[name] = json.loads(output.read_text())
@@ -140,7 +141,7 @@ def test_int8_by_nncf_calibrates_on_real_images_and_names_a_non_image(checkpoint
         shutil.copy(path, images / path.name)
     (images / "x.jpg").write_text("not an image")
     output = tmp_path / "int8"
-    code, printed, errors = run_cli([
+    code, printed, errors = run_command([
         "export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(output), "--int8",
         "--calibration", str(images), "--calibration-images", "4", "--check-images", "2", "--timing-rounds", "1",
         "--threads", "1", "--min-agreement", "50", "--device", "cpu",
@@ -168,7 +169,7 @@ def test_int8_by_nncf_calibrates_on_real_images_and_names_a_non_image(checkpoint
 def test_benchmark_backends_table(tmp_path: Path) -> None:
     pytest.importorskip("segmentation_models_pytorch", reason="--compare needs segmentation_models_pytorch")
     output = tmp_path / "table.json"
-    code, printed, errors = run_cli([
+    code, printed, errors = run_command([
         "benchmark", "--backends", "onnxruntime,openvino,int8", "--model", "efficientdet_d0_seg", "--num-classes", "11",
         "--resolution", "64", "--iters", "1", "--warmup", "1", "--threads", "1", "--compare",
         "--calibration", str(CAMVID / "val"), "--calibration-images", "2", "--agreement-images", "1", "--json", str(output),
@@ -196,7 +197,7 @@ def test_bad_backend_input_is_one_line(ir_folder: tuple[Path, str], checkpoint: 
           "--keep-float", "stem,head", "--output", str(tmp_path / "ir")], "unknown layer group(s) ['head']"),
     ]
     for argv, message in cases:
-        code, printed, errors = run_cli(argv)
+        code, printed, errors = run_command(argv)
         lines = errors.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], (argv, errors)
 

@@ -141,7 +141,10 @@ def main(argv: list[str]) -> int:
         dataset = build_dataset(data_cfg, args.split, augment=False, normalize=False)
         plan = plan_cpu(ctx.device, "auto", data_cfg.num_workers, cached=False, processes_here=ctx.local_world_size)
         torch.set_num_threads(plan.threads)
-        loader = val_loader(dataset, batch_size, plan.workers, ctx)
+        # ONNX Runtime's and OpenVINO's thread pools do not survive fork (a forked DataLoader worker
+        # hangs): with another runtime the images are read in this process.
+        workers = plan.workers if predictor is None else 0
+        loader = val_loader(dataset, batch_size, workers, ctx)
         start = time.perf_counter()
         network = prepare_for_inference(model, ctx.device) if predictor is None else predictor.runner
         matrix = evaluate(
