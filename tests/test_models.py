@@ -203,6 +203,25 @@ def test_multi_level_head_and_decoder_batchnorm_momentum_options() -> None:
     multi.eval()
     assert multi(x).shape == (1, 3, 70, 90)
     for bad, message in [({"head_levels": 7}, "head_levels must be 1"), ({"bn_momentum": 0.0}, "bn_momentum"),
-                         ({"alignment": "centre"}, "alignment must be")]:
+                         ({"alignment": "centre"}, "alignment must be"), ({"decoder_init": "zeros"}, "decoder_init must be")]:
         with pytest.raises(ValueError, match=message):
             effdetseg.create_model("efficientdet_d0_seg", num_classes=3, **tiny, **bad)
+
+
+def test_identity_decoder_init_passes_each_level_through() -> None:
+    """``decoder_init="identity"``: every node starts as BN(swish(fusion)) favouring its own level,
+    so the first layer's nodes at P5 and up equal the normalised swish of their weighted inputs."""
+    tiny = dict(backbone="mobilenetv3_small_050", bifpn_channels=16, head_channels=16, head_layers=1)
+    torch.manual_seed(0)
+    model = effdetseg.create_model("efficientdet_d0_seg", num_classes=3, decoder_init="identity", **tiny).eval()
+    node = model.bifpn[0].nodes[0]  # top-down P6: its own P6 input and P7 from above
+    assert node.fuse.weight.tolist() == [2.0, 1.0]
+    x = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(node.conv(x), x)  # the separable conv is the identity
+    projection = model.bifpn[0].nodes[7].edges[0].project.conv.weight.flatten(1)  # bottom-up P5's C5 edge: 16 × C5
+    torch.testing.assert_close(projection @ projection.T, torch.eye(16), atol=1e-5, rtol=0)
+    default = effdetseg.create_model("efficientdet_d0_seg", num_classes=3, **tiny)
+    assert default.bifpn[0].nodes[0].fuse.weight.tolist() == [1.0, 1.0]  # the paper's start stays the default
+    model.train()
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    assert node.conv.depthwise.weight.grad is not None

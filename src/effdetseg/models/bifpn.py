@@ -112,6 +112,23 @@ class FpnNodeBlock(nn.Module):
         self.conv = SeparableConv2d(channels, channels)
         self.bn = batch_norm(channels)
 
+    @torch.no_grad()
+    def init_identity(self, own_level_weight: float = 2.0) -> None:
+        """Start as ``BN(swish(fusion))`` with the node's own-level input weighted ``own_level_weight``
+        against 1 for the others: the separable conv begins as the identity (a centred depthwise
+        delta, an identity pointwise), so at the first step every level carries its backbone
+        features instead of their image through random convolutions; the backbone edges' 1×1
+        projections start orthogonal, keeping as many of the backbone's directions as they can."""
+        self.fuse.weight.fill_(1.0)
+        self.fuse.weight[self.size_from] = own_level_weight
+        depthwise, pointwise = self.conv.depthwise.weight, self.conv.pointwise.weight
+        depthwise.zero_()
+        depthwise[:, :, depthwise.shape[2] // 2, depthwise.shape[3] // 2] = 1.0
+        pointwise.copy_(torch.eye(pointwise.shape[0], pointwise.shape[1]).view_as(pointwise))
+        for edge in self.edges:
+            if not isinstance(edge.project, nn.Identity):
+                nn.init.orthogonal_(edge.project.conv.weight)
+
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         size = inputs[self.size_from].shape[-2:]
         resampled = [edge(inputs[i], size) for i, edge in enumerate(self.edges)]

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import LEGACY, FastNormalizedFusion, SeparableConvBnAct, crop_to, pad_to_multiple, upsample_to_grid, upsampling_kernel
 from .backbone import Backbone, Pretrained
-from .bifpn import PATHWAYS, BiFPN, ExtraLevels, FpnLayer, fpn_topology
+from .bifpn import PATHWAYS, BiFPN, ExtraLevels, FpnLayer, FpnNodeBlock, fpn_topology
 from .registry import register_model
 
 BACKBONE_LEVELS = (2, 3, 4, 5)  # strides 4 … 32
@@ -41,6 +41,9 @@ class EfficientDetSegConfig:
     alignment: str = "legacy"
     head_levels: int = 1  # the head reads P2 … P(1 + head_levels), each brought to P2 and fused (1: P2 alone)
     bn_momentum: float = 0.1  # of the decoder's BatchNorms (PyTorch's default; EfficientDet's is 0.01)
+    # "default": PyTorch's initialisation, fusion weights 1 (EfficientDet); "identity": every BiFPN
+    # and top-down node starts as a pass-through favouring its own level (FpnNodeBlock.init_identity).
+    decoder_init: str = "default"
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -157,6 +160,8 @@ class EfficientDetSeg(nn.Module):
             raise ValueError(f"head_levels must be 1 … {config.max_level - config.min_level + 1}, got {config.head_levels}")
         if not 0.0 < config.bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {config.bn_momentum}")
+        if config.decoder_init not in ("default", "identity"):
+            raise ValueError(f"decoder_init must be 'default' or 'identity', got {config.decoder_init!r}")
         self.backbone = Backbone(config.backbone, backbone_pretrained)
         # A backbone whose strided layers disagree has no one grid: it gets the legacy resampling.
         grid = self.backbone.grid_alpha if config.alignment == "grid" else None
@@ -201,6 +206,8 @@ class EfficientDetSeg(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, nn.BatchNorm2d) and not name.startswith("backbone."):
                 module.momentum = config.bn_momentum
+            if config.decoder_init == "identity" and isinstance(module, FpnNodeBlock):
+                module.init_identity()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
