@@ -17,3 +17,5 @@ def test_readme_table_is_the_generated_one() -> None:
     expected = markdown_table(model_rows(512))
     assert text[start:end].strip() == expected, "README model table is stale: run `effdetseg models --update-readme README.md`"
     assert "| efficientdet_d4_seg | efficientnet_b4 | 128 × 3 + top-down | 256 × 3 |" in expected
+    # The options and their defaults come from the config class, so a changed default shows here.
+    assert "`head_levels=1`" in expected and "`decoder_init=default`" in expected and "min_level" not in expected
