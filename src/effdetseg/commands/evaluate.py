@@ -101,8 +101,10 @@ def main(argv: list[str]) -> int:
             raise EffdetsegError("--ema evaluates the EMA weights of a last.pth in eager PyTorch; drop --backend")
         if args.amp:
             raise EffdetsegError("--amp is for eager PyTorch; ONNX Runtime and OpenVINO run the network in fp32")
-        predictor = Predictor(checkpoint, device=args.device, backend=backend)
-        print(f"evaluate: {predictor.backend_note}")
+        # auto says its choice (measured on the first batch) when it makes it
+        predictor = Predictor(checkpoint, device=args.device, backend=backend, log=lambda note: print(f"evaluate: {note}"))
+        if backend != "auto":
+            print(f"evaluate: {predictor.backend_note}")
         record = predictor.record
     if record is None:
         raise EffdetsegError(f"{checkpoint}: a bare state dict has no record (architecture, preprocessing); evaluate needs an effdetseg checkpoint")

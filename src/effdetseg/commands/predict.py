@@ -136,9 +136,8 @@ def main(argv: list[str]) -> int:
         resolution=args.resolution,
         keep_aspect=args.keep_aspect,
         batch_size=args.batch_size,
+        log=print,  # auto: its choice, measured on the first input of each shape
     )
-    if args.backend == "auto":
-        print(predictor.backend_note)
     predictor.tta = tta_from_args(args, predictor.preprocessing.size)
     labels_set = _label_set(args.labels, predictor.num_classes, predictor.labels)
     print(

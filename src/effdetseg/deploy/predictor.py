@@ -6,7 +6,7 @@ bare state dict (the original project's ``model.pth``) given with the model name
 classes, or a file of ``effdetseg export``: ``.onnx``, an OpenVINO IR folder (``model.xml`` +
 ``model.bin``), TorchScript. What runs it (``backend``, :mod:`effdetseg.deploy.runtimes`): the
 file's own runtime by default (eager PyTorch for a checkpoint), or ``torch``, ``onnxruntime``,
-``openvino`` or ``auto`` (the fastest installed for the device); a checkpoint run by ONNX Runtime
+``openvino`` or ``auto`` (the fastest installed, measured on the first input); a checkpoint run by ONNX Runtime
 or OpenVINO is exported to ONNX in memory first.
 
 Every backend runs the one inference path (:mod:`effdetseg.deploy.inference`) with the model
@@ -17,7 +17,7 @@ on the CPU). Files are read once.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from ..io.record import (
 from .inference import NO_TTA, ModelRunner, Runner, TestTimeAugmentation, preprocess, segment
 from .prepare import prepare_for_inference
 from .runtimes import (
+    AutoRunner,
     OnnxRunner,
     OpenVinoRunner,
     TorchScriptRunner,
@@ -126,11 +127,13 @@ class Predictor:
         channels_last: bool | None = None,
         tta: TestTimeAugmentation = NO_TTA,
         threads: int | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.batch_size = max(1, int(batch_size))
         self.tta = tta
         self.threads = threads
+        self.log = log  # where backend auto says what it chose (once per input shape)
         self.model: nn.Module | None = None  # the prepared torch network (None for other backends)
         if isinstance(checkpoint, nn.Module):
             self.source = type(checkpoint).__name__
@@ -140,15 +143,16 @@ class Predictor:
             self.num_classes = int(record.architecture.num_classes if record else checkpoint.num_classes)
         else:
             record, network = self._load_file(Path(checkpoint), backend, model_name, num_classes)
-        self.backend = self.choice.backend
         if network is not None:
             record_prep = record.preprocessing if record is not None else Preprocessing.for_model(network)
-            if self.backend == "torch":
-                self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+            self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+            if self.choice.backend == "torch":
                 self.model = prepare_for_inference(network, self.device, channels_last=self.channels_last)
                 self._run: Runner = ModelRunner(self.model)
+            elif self.choice.backend == "auto":
+                self._run = self._auto_network(network, record or ModelRecord.for_model(network))
             else:
-                self._run = self._converted(network, record or ModelRecord.for_model(network))
+                self._run = self._converted(network, record or ModelRecord.for_model(network), self.choice.backend)
         else:
             record_prep = record.preprocessing if record is not None else Preprocessing()
         self.record = record
@@ -170,21 +174,50 @@ class Predictor:
         return self._run
 
     @property
-    def backend_note(self) -> str:
-        """One line: which backend runs the model and, for ``auto``, why."""
-        return self.choice.describe()
+    def backend(self) -> str:
+        """The backend that runs the model; with ``auto``, the one chosen for the last input shape
+        ("auto" before the first input)."""
+        return self._run.backend if isinstance(self._run, AutoRunner) else self.choice.backend
 
-    def _converted(self, network: nn.Module, record: ModelRecord) -> Runner:
+    @property
+    def backend_note(self) -> str:
+        """One line: which backend runs the model and, for ``auto``, why (the measured figures)."""
+        return self._run.note if isinstance(self._run, AutoRunner) else self.choice.describe()
+
+    def _converted(self, network: nn.Module, record: ModelRecord, backend: str, graph: bytes | None = None) -> Runner:
         """A torch network run by ONNX Runtime or OpenVINO: BatchNorm folded, exported to ONNX in
-        memory (as ``effdetseg export`` writes it), loaded by the runtime."""
+        memory (as ``effdetseg export`` writes it; or ``graph``, that export), loaded by the runtime."""
+        if graph is None:
+            graph = self._onnx_graph(network, record)
+        if backend == "openvino":
+            return OpenVinoRunner(graph, threads=self.threads, name=self.source)
+        return OnnxRunner(graph, self.device, threads=self.threads, name=self.source)
+
+    @staticmethod
+    def _onnx_graph(network: nn.Module, record: ModelRecord) -> bytes:
         from .export import onnx_bytes
         from .prepare import fold_batchnorm
 
         folded, _ = fold_batchnorm(network.cpu().float().eval())
-        graph = onnx_bytes(folded, record)
-        if self.backend == "openvino":
-            return OpenVinoRunner(graph, threads=self.threads, name=self.source)
-        return OnnxRunner(graph, self.device, threads=self.threads, name=self.source)
+        return onnx_bytes(folded, record)
+
+    def _auto_network(self, network: nn.Module, record: ModelRecord) -> AutoRunner:
+        """``auto`` for a torch network: eager and the installed runtimes, built when first measured
+        (one in-memory ONNX export shared by ONNX Runtime and OpenVINO)."""
+        graph: list[bytes] = []
+
+        def converted(backend: str) -> Runner:
+            if not graph:
+                graph.append(self._onnx_graph(network, record))
+            return self._converted(network, record, backend, graph[0])
+
+        factories: dict[str, Callable[[], Runner]] = {}
+        for backend in self.choice.candidates:
+            if backend == "torch":
+                factories[backend] = lambda: ModelRunner(prepare_for_inference(network, self.device, channels_last=self.channels_last))
+            else:
+                factories[backend] = lambda backend=backend: converted(backend)
+        return AutoRunner(factories, log=self.log)
 
     def _load_file(
         self, path: Path, backend: str | None, model_name: str | None, num_classes: int | None
@@ -206,7 +239,15 @@ class Predictor:
             network = build_model(file, model_name=model_name, num_classes=num_classes)
             self.num_classes = int(network.num_classes)
             return file.record or ModelRecord.for_model(network), network
-        if self.choice.backend == "openvino":
+        if self.choice.backend == "auto":
+            factories = {"openvino": lambda: OpenVinoRunner(path, threads=self.threads),
+                         "onnxruntime": lambda: OnnxRunner(path, self.device, threads=self.threads)}
+            self._run = AutoRunner({b: factories[b] for b in self.choice.candidates}, log=self.log)
+            first = self._run._runner(self.choice.candidates[0])  # onnxruntime: reads the record
+            if first is None:
+                raise EffdetsegError(self._run.failed[self.choice.candidates[0]])  # names the file already
+            self._run.metadata = first.metadata
+        elif self.choice.backend == "openvino":
             self._run = OpenVinoRunner(path, threads=self.threads)
         elif self.choice.backend == "onnxruntime":
             self._run = OnnxRunner(path, self.device, threads=self.threads)

@@ -11,11 +11,12 @@ Backends (``--backend``):
 - ``openvino``: Intel OpenVINO on the CPU (the optional extra ``effdetseg[openvino]``), reading an
   OpenVINO IR folder (``model.xml`` + ``model.bin``) or an ONNX file;
 - ``torchscript``: a traced TorchScript file;
-- ``auto``: the fastest backend installed for the device — on the CPU OpenVINO, else ONNX Runtime
-  (issue 18's measurement on a 2-core AVX2 CPU, D4 at 512²: OpenVINO 489 ms, ONNX Runtime 591 ms,
-  eager PyTorch 712 ms; on the 2-core AMD EPYC of the openvino branch's table the order was
-  ONNX Runtime 245 ms, eager 308 ms, OpenVINO 435 ms, so the order is per machine); on CUDA eager
-  PyTorch. The choice is said in one line (:class:`BackendChoice`).
+- ``auto``: on the CPU, the fastest of the installed backends that can run the file, measured on
+  the actual input (:class:`AutoRunner`: a warm-up call and a few timed calls each, once per input
+  shape) — no fixed order holds across CPUs (issue 18's 2-core AVX2 CPU, D4 at 512²: OpenVINO 489 ms,
+  ONNX Runtime 591 ms, eager 712 ms; the 2-core AMD EPYC of the openvino branch's table: ONNX Runtime
+  245 ms, eager 308 ms, OpenVINO 435 ms); on CUDA eager PyTorch. The choice and the figures are
+  said in one line.
 
 A checkpoint run by ONNX Runtime or OpenVINO is first exported to ONNX in memory (seconds); an
 OpenVINO folder runs only in OpenVINO, a TorchScript file only in TorchScript.
@@ -24,9 +25,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
+import time
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,6 @@ RUNS_IN = {  # file format → the backends that can run it, the default first
     "openvino": ("openvino",),
     "torchscript": ("torchscript",),
 }
-CPU_SPEED_ORDER = ("openvino", "onnxruntime", "torch")  # fastest first, measured (module doc)
 OPENVINO_XML = "model.xml"  # an OpenVINO IR folder: the graph …
 OPENVINO_BIN = "model.bin"  # … and its weights
 OPENVINO_RECORD_KEY = METADATA_KEY  # the model record, in the IR's rt_info (as in ONNX metadata)
@@ -95,9 +97,10 @@ def detect_format(path: str | Path) -> str:
 class BackendChoice:
     """The backend that runs a file, and why (``auto``'s one line)."""
 
-    backend: str
+    backend: str  # "auto" while the candidates still have to be measured
     file_format: str
     reason: str = ""
+    candidates: tuple[str, ...] = ()  # auto on the CPU: the installed backends to measure
 
     def describe(self) -> str:
         return f"backend {self.backend}" + (f" ({self.reason})" if self.reason else "")
@@ -105,7 +108,7 @@ class BackendChoice:
 
 def resolve_backend(requested: str | None, file_format: str, device: torch.device) -> BackendChoice:
     """The backend for a file of ``file_format`` on ``device``: the one asked for (checked against
-    what can run the format), the format's own when None, the fastest installed with ``auto``."""
+    what can run the format), the format's own when None, with ``auto`` the installed candidates to measure (CPU) or eager PyTorch (CUDA)."""
     runs_in = RUNS_IN[file_format]
     if requested is None:
         return BackendChoice(runs_in[0], file_format)
@@ -115,14 +118,13 @@ def resolve_backend(requested: str | None, file_format: str, device: torch.devic
             candidates = ("torch", "onnxruntime") if file_format == "torch" else runs_in
             installed = [b for b in candidates if b != "openvino"] or list(runs_in)
             return BackendChoice(installed[0], file_format, f"auto: the fastest for {device.type} of those that run a {file_format} file")
-        order = [b for b in CPU_SPEED_ORDER if b in runs_in] or list(runs_in)
-        installed = [b for b in order if b != "openvino" or openvino_installed()]
+        installed = tuple(b for b in runs_in if b != "openvino" or openvino_installed())
         if not installed:
             raise EffdetsegError(f"--backend auto: {OPENVINO_MISSING}")
-        skipped = "" if installed[0] == order[0] else f"; {order[0]} is not installed"
-        return BackendChoice(
-            installed[0], file_format, f"auto: fastest installed on the CPU for a {file_format} file, of {' > '.join(order)}{skipped}"
-        )
+        if len(installed) == 1:
+            return BackendChoice(installed[0], file_format, f"auto: the only installed backend that runs a {file_format} file")
+        # which is fastest is measured on the first input of each shape (AutoRunner)
+        return BackendChoice("auto", file_format, "auto: the fastest on this CPU, measured on the first input", installed)
     if backend not in runs_in:
         raise EffdetsegError(f"--backend {backend}: a {file_format} file runs in {' or '.join(runs_in)}")
     if backend == "openvino":
@@ -227,6 +229,80 @@ class OpenVinoRunner:
         request.infer({0: array})
         # copy: the request reuses its output buffer on the next call
         return torch.from_numpy(request.get_output_tensor(0).data.copy()).float()
+
+
+class AutoRunner:
+    """``--backend auto`` on the CPU: the fastest of several runners, measured on the actual input.
+
+    On the first batch of each input shape every candidate (built on first use by its factory,
+    e.g. exported to ONNX and compiled) runs ``warmup`` untimed calls — OpenVINO compiles a shape
+    there — then ``rounds`` timed calls, alternating between candidates so that a busy moment of
+    the machine hits all of them; the lowest median wins and runs that shape from then on. A
+    candidate that fails to build or to run is left out, named in the note. ``timer`` is
+    injectable so the choice can be tested without real timings."""
+
+    def __init__(self, factories: Mapping[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
+                 rounds: int = 3, warmup: int = 1, log: Callable[[str], None] | None = None,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
+        if not factories:
+            raise EffdetsegError("--backend auto: no backend to choose from")
+        self.factories = dict(factories)
+        self.rounds, self.warmup = max(1, int(rounds)), max(0, int(warmup))
+        self.log, self.timer = log, timer
+        self.runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.failed: dict[str, str] = {}  # backend → why it was left out
+        self.chosen: dict[tuple[int, ...], str] = {}  # input shape → backend
+        self.note = "backend auto (not measured yet: chosen on the first input)"
+        self.backend = "auto"  # the backend of the last shape chosen for
+        self.device = torch.device("cpu")
+        self.metadata: dict[str, str] = {}
+
+    def _runner(self, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if name not in self.runners and name not in self.failed:
+            try:
+                # built on the first input, which Predictor runs in inference mode: folding BatchNorm
+                # and exporting to ONNX need ordinary tensors
+                with torch.inference_mode(False):
+                    self.runners[name] = self.factories[name]()
+            except Exception as e:  # noqa: BLE001 - a backend that cannot run this network is not a candidate
+                self.failed[name] = _first_line(e)
+        return self.runners.get(name)
+
+    def measure(self, x: torch.Tensor) -> dict[str, float]:
+        """Median ms of each candidate that runs ``x``; fills ``failed`` for the others."""
+        alive = [name for name in self.factories if self._runner(name) is not None]
+        times: dict[str, list[float]] = {name: [] for name in alive}
+        for round_ in range(self.warmup + self.rounds):
+            for name in list(times):
+                try:
+                    start = self.timer()
+                    self.runners[name](x)
+                    elapsed = self.timer() - start
+                except Exception as e:  # noqa: BLE001
+                    self.failed[name] = _first_line(e)
+                    del times[name]
+                    continue
+                if round_ >= self.warmup:
+                    times[name].append(1000 * elapsed)
+        if not times:
+            raise EffdetsegError("--backend auto: no backend could run the model: "
+                                 + "; ".join(f"{k}: {v}" for k, v in self.failed.items()))
+        return {name: statistics.median(values) for name, values in times.items()}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in self.chosen:
+            medians = self.measure(x)
+            best = min(medians, key=medians.__getitem__)
+            self.chosen[shape] = best
+            figures = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(medians.items(), key=lambda kv: kv[1]))
+            left_out = "".join(f"; {name} left out: {why}" for name, why in self.failed.items())
+            self.note = (f"backend {best} (auto: fastest measured on the CPU for input {'×'.join(map(str, shape))}, "
+                         f"median of {self.rounds}: {figures}{left_out})")
+            if self.log is not None:
+                self.log(self.note)
+        self.backend = self.chosen[shape]
+        return self.runners[self.backend](x)
 
 
 def _first_line(error: Exception) -> str:
