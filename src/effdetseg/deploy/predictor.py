@@ -243,7 +243,7 @@ class Predictor:
             factories = {"openvino": lambda: OpenVinoRunner(path, threads=self.threads),
                          "onnxruntime": lambda: OnnxRunner(path, self.device, threads=self.threads)}
             self._run = AutoRunner({b: factories[b] for b in self.choice.candidates}, log=self.log)
-            first = self._run._runner(self.choice.candidates[0])  # onnxruntime: reads the record
+            first = self._run.runner(self.choice.candidates[0])  # onnxruntime: reads the record
             if first is None:
                 raise EffdetsegError(self._run.failed[self.choice.candidates[0]])  # names the file already
             self._run.metadata = first.metadata

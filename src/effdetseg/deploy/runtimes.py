@@ -257,7 +257,8 @@ class AutoRunner:
         self.device = torch.device("cpu")
         self.metadata: dict[str, str] = {}
 
-    def _runner(self, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def runner(self, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The candidate's runner, built on first use; None when it failed to build (named in ``failed``)."""
         if name not in self.runners and name not in self.failed:
             try:
                 # built on the first input, which Predictor runs in inference mode: folding BatchNorm
@@ -270,7 +271,7 @@ class AutoRunner:
 
     def measure(self, x: torch.Tensor) -> dict[str, float]:
         """Median ms of each candidate that runs ``x``; fills ``failed`` for the others."""
-        alive = [name for name in self.factories if self._runner(name) is not None]
+        alive = [name for name in self.factories if self.runner(name) is not None]
         times: dict[str, list[float]] = {name: [] for name in alive}
         for round_ in range(self.warmup + self.rounds):
             for name in list(times):
