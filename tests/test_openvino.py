@@ -151,7 +151,7 @@ def test_int8_by_nncf_calibrates_on_real_images_and_names_a_non_image(checkpoint
     ])
     assert code == 0, printed + errors
     assert "--calibration: skipped x.jpg: not an image (unrecognised format)" in printed
-    assert "calibrating on 4 images of folder" in printed and "NNCF performance, fp32: stem, classifier, upsampler" in printed
+    assert "calibrating on 4 images of folder" in printed and "NNCF performance, fp32: pad, fusion, stem, classifier, upsampler" in printed
     assert (output / "model.xml").is_file() and (tmp_path / "int8.fp32" / "model.xml").is_file()
     for runner in ("eager fp32", "openvino fp32", "openvino int8"):
         assert f"  {runner} " in printed

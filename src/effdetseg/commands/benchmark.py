@@ -18,6 +18,8 @@ DTYPES = ("fp32", "bf16", "fp16")
 
 
 def build_parser() -> ArgumentParser:
+    from ..deploy.quantize_openvino import DEFAULT_KEEP_FLOAT  # numpy only: OpenVINO is imported when used
+
     parser = ArgumentParser(
         prog="effdetseg benchmark",
         description="Params, GMACs, latency (median and p90 after warm-up), images/s and peak memory; "
@@ -62,7 +64,9 @@ def build_parser() -> ArgumentParser:
     table.add_argument("--calibration", help="--backends: real images (a folder or a data preset) to calibrate INT8 on and to measure agreement on")
     table.add_argument("--data-root", help="--backends: data.root of the --calibration preset")
     table.add_argument("--calibration-images", type=int, default=32, help="--backends int8: calibration images (default: 32)")
-    table.add_argument("--keep-float", help="--backends int8: layers NNCF keeps in fp32 (as export --keep-float; default: stem,classifier,upsampler)")
+    table.add_argument(
+        "--keep-float", help=f"--backends int8: layers NNCF keeps in fp32 (as export --keep-float; default: {','.join(DEFAULT_KEEP_FLOAT)})",
+    )
     table.add_argument("--agreement-images", type=int, default=8, help="--backends: held-out images for the agreement (default: 8)")
     return parser
 
