@@ -48,8 +48,8 @@ def test_auto_picks_the_fastest_per_shape_and_builds_each_backend_once() -> None
     small, large = torch.zeros(1, 3, 8, 16), torch.zeros(1, 3, 8, 640)
     assert float(auto(small).mean()) == values["torch"] and auto.backend == "torch"
     assert sorted(built) == sorted(costs)
-    # each: a warm-up and 3 timed calls; the chosen one then runs the input
-    assert (calls.count("torch"), calls.count("onnxruntime"), calls.count("openvino")) == (5, 4, 4)
+    # each: a warm-up, then 3 timed calls each after an untimed one of its own; the chosen one then runs the input
+    assert (calls.count("torch"), calls.count("onnxruntime"), calls.count("openvino")) == (8, 7, 7)
     assert len(notes) == 1 and notes[0].startswith("backend torch (auto: fastest measured on the CPU for input 1×3×8×16")
     assert "torch 16.0 ms, openvino 100.0 ms, onnxruntime 500.0 ms" in notes[0]
     calls.clear()
@@ -66,7 +66,8 @@ def test_auto_uses_the_median_not_one_lucky_call() -> None:
     clock, calls = FakeClock(), []
     jitter = iter([1.0, 1.0, 300.0, 300.0])  # onnxruntime: fast twice (warm-up, 1st), then slow twice
     costs = {"torch": lambda x: 50.0, "onnxruntime": lambda x: next(jitter)}
-    auto = AutoRunner({n: (lambda n=n: fake_runner(clock, costs[n], 0.0, calls, n)) for n in costs}, rounds=3, warmup=1, timer=clock)
+    auto = AutoRunner({n: (lambda n=n: fake_runner(clock, costs[n], 0.0, calls, n)) for n in costs},
+                      rounds=3, warmup=1, settle=0, timer=clock)
     auto(torch.zeros(1, 3, 4, 4))
     assert auto.backend == "torch"  # onnxruntime's median (300) loses to torch's 50, its minimum (1) would not
 

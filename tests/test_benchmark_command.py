@@ -11,7 +11,7 @@ import torch
 from effdetseg import create_model
 from effdetseg.cli import main as cli
 from effdetseg.commands.benchmark import parse_resolution
-from effdetseg.deploy.benchmark import cpu_peak_bytes
+from effdetseg.deploy.benchmark import cpu_peak_bytes, time_alternating
 from effdetseg.deploy.complexity import count_parameters, model_complexity
 
 
@@ -74,3 +74,21 @@ def test_bad_input_gives_one_error_line(capsys) -> None:
         assert cli(["benchmark", *argv, "--device", "cpu"]) == 2, message
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("effdetseg benchmark: error: ") and message in err[0], err
+
+
+def test_each_timed_call_follows_an_untimed_call_of_the_same_runner() -> None:
+    """A runner's timed call must not come straight after another runner's call (that runtime's
+    spinning threads would be timed with it): the fake clock advances only inside calls, and a call
+    that directly follows another runner's costs 100 instead of 1."""
+    now, last = [0.0], [None]
+
+    def runner(name: str):
+        def call() -> None:
+            now[0] += 1.0 if last[0] == name else 100.0
+            last[0] = name
+        return call
+
+    timings = time_alternating({"a": runner("a"), "b": runner("b")}, rounds=4, warmup=1, clock=lambda: now[0] / 1000)
+    assert [t.median_ms for t in timings.values()] == pytest.approx([1.0, 1.0])
+    unsettled = time_alternating({"a": runner("a"), "b": runner("b")}, rounds=4, warmup=1, settle=0, clock=lambda: now[0] / 1000)
+    assert max(t.median_ms for t in unsettled.values()) == pytest.approx(100.0)  # without settling the switch is timed

@@ -136,11 +136,16 @@ class Timing:
 
 
 def time_alternating(
-    runners: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 2, clock: Callable[[], float] = time.perf_counter
+    runners: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 2, settle: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Median time of each runner over ``rounds`` passes, all runners alternating, the order
     rotating every round.
 
+    Each timed call follows ``settle`` untimed calls of the same runner: the thread pool of the
+    runtime that ran before (ONNX Runtime's and OpenMP's workers spin-wait after their work) keeps
+    the cores busy for a while, and on 2 cores that doubled the next call's time (eager D0 at
+    384×512 right after ONNX Runtime: 86 ms; after one call of its own: 46 ms, as alone).
     ``clock``: wall time by default; ``time.process_time`` counts this process's CPU time only,
     which on a machine shared with other work is the steadier measure of one thread's latency.
     """
@@ -152,6 +157,8 @@ def time_alternating(
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            for _ in range(settle):
+                runners[name]()
             started = clock()
             runners[name]()
             samples[name].append(1000 * (clock() - started))
@@ -267,7 +274,8 @@ def benchmark(
                 peaks.append((cuda_peak_bytes(lambda: model(x), device), False))
             else:
                 peaks.append(cpu_peak_bytes(lambda: model(x)))
-        timings = time_alternating({str(i): runner(model) for i, model in enumerate(models)}, rounds=iters, warmup=0)
+        # settle=0: every candidate runs on PyTorch's one thread pool, nothing of another runtime to wait out
+        timings = time_alternating({str(i): runner(model) for i, model in enumerate(models)}, rounds=iters, warmup=0, settle=0)
     times = [[ms / 1000 for ms in timings[str(i)].samples_ms] for i in range(len(models))]
     results = []
     for candidate, model, macs, count, samples, (peak, lower_bound) in zip(candidates, models, gmacs, params, times, peaks):

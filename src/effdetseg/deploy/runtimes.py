@@ -237,17 +237,19 @@ class AutoRunner:
     On the first batch of each input shape every candidate (built on first use by its factory,
     e.g. exported to ONNX and compiled) runs ``warmup`` untimed calls — OpenVINO compiles a shape
     there — then ``rounds`` timed calls, alternating between candidates so that a busy moment of
-    the machine hits all of them; the lowest median wins and runs that shape from then on. A
+    the machine hits all of them, each after ``settle`` untimed calls of its own (the previous
+    candidate's thread pool spin-waits for a while after its work; timed straight after ONNX
+    Runtime, eager PyTorch took twice its time on 2 cores); the lowest median wins and runs that shape from then on. A
     candidate that fails to build or to run is left out, named in the note. ``timer`` is
     injectable so the choice can be tested without real timings."""
 
     def __init__(self, factories: Mapping[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
-                 rounds: int = 3, warmup: int = 1, log: Callable[[str], None] | None = None,
+                 rounds: int = 3, warmup: int = 1, settle: int = 1, log: Callable[[str], None] | None = None,
                  timer: Callable[[], float] = time.perf_counter) -> None:
         if not factories:
             raise EffdetsegError("--backend auto: no backend to choose from")
         self.factories = dict(factories)
-        self.rounds, self.warmup = max(1, int(rounds)), max(0, int(warmup))
+        self.rounds, self.warmup, self.settle = max(1, int(rounds)), max(0, int(warmup)), max(0, int(settle))
         self.log, self.timer = log, timer
         self.runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.failed: dict[str, str] = {}  # backend → why it was left out
@@ -276,6 +278,8 @@ class AutoRunner:
         for round_ in range(self.warmup + self.rounds):
             for name in list(times):
                 try:
+                    for _ in range(self.settle if round_ >= self.warmup else 0):
+                        self.runners[name](x)
                     start = self.timer()
                     self.runners[name](x)
                     elapsed = self.timer() - start
