@@ -239,9 +239,9 @@ class AutoRunner:
     there — then ``rounds`` timed calls, alternating between candidates so that a busy moment of
     the machine hits all of them, each after ``settle`` untimed calls of its own (the previous
     candidate's thread pool spin-waits for a while after its work; timed straight after ONNX
-    Runtime, eager PyTorch took twice its time on 2 cores); the lowest median wins and runs that shape from then on. A
-    candidate that fails to build or to run is left out, named in the note. ``timer`` is
-    injectable so the choice can be tested without real timings."""
+    Runtime, eager PyTorch took twice its time on 2 cores); the lowest median wins and runs that
+    shape from then on. A candidate that fails to build or to run is left out, named in the note.
+    ``timer`` is injectable so the choice can be tested without real timings."""
 
     def __init__(self, factories: Mapping[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
                  rounds: int = 3, warmup: int = 1, settle: int = 1, log: Callable[[str], None] | None = None,
