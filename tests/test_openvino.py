@@ -1,17 +1,22 @@
 """The OpenVINO backend and the backend switch: `export --format openvino` (IR folder, record, parity),
 Predictor / predict / evaluate with --backend, NNCF INT8 with calibration on real images (a non-image
-file skipped and named), the `benchmark --backends` table, and one line when OpenVINO is missing."""
+file skipped and named), the `benchmark --backends` table, and one line when OpenVINO is missing.
+
+OpenVINO itself runs only in subprocesses (``run_command``, ``run_python``): the whole suite in one
+pytest process that had loaded OpenVINO died with a segmentation fault outside Python, many tests
+later (in tests/test_resume.py); a user's command starts afresh, and so does each check here."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,7 +29,8 @@ from effdetseg.deploy.runtimes import detect_format, resolve_backend
 from effdetseg.errors import EffdetsegError
 from effdetseg.io.record import Preprocessing, ResizeMode
 
-ov = pytest.importorskip("openvino", reason="the OpenVINO backend is the optional extra effdetseg[openvino]")
+if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
+    pytest.skip("the OpenVINO backend is the optional extra effdetseg[openvino]", allow_module_level=True)
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 VAL_IMAGE = CAMVID / "val" / "0016E5_07959.jpg"
@@ -44,6 +50,31 @@ def run_command(argv: list[str]) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def run_python(code: str, **values: object) -> dict:
+    """Run ``code`` in a fresh Python process with ``values`` (JSON) bound to ``args``; it prints one
+    JSON object as its last line, returned here."""
+    script = "import json, sys\nargs = json.loads(sys.argv[1])\n" + textwrap.dedent(code)
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(values, default=str)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+INSPECT_IR = """
+import openvino as ov
+model = ov.Core().read_model(args["xml"])
+fake_quantize = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+info = {key: json.loads(model.get_rt_info([key]).astype(str)) for key in ("effdetseg_record", "effdetseg_quantization")
+        if model.has_rt_info([key])}
+print(json.dumps({
+    "dynamic": model.inputs[0].get_partial_shape().is_dynamic,
+    "fake_quantize": len(fake_quantize),
+    "quantized_inputs": sorted({t.get_node().get_friendly_name() for op in fake_quantize for t in op.output(0).get_target_inputs()}),
+    **info,
+}))
+"""
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_camvid_network) -> Path:
     path = tmp_path_factory.mktemp("openvino") / "tiny.safetensors"
@@ -54,8 +85,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_camvid_network) ->
 @pytest.fixture(scope="module")
 def ir_folder(checkpoint: Path) -> tuple[Path, str]:
     output = checkpoint.with_name("tiny-ir")
-    code, printed, errors = run_cli(["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(output),
-                                     "--device", "cpu", "--image", str(VAL_IMAGE)])
+    code, printed, errors = run_command(["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(output),
+                                         "--device", "cpu", "--image", str(VAL_IMAGE)])
     assert code == 0, printed + errors
     return output, printed
 
@@ -65,36 +96,52 @@ def test_export_writes_an_ir_folder_with_the_record(ir_folder: tuple[Path, str],
     assert {p.name for p in folder.iterdir()} == {"model.xml", "model.bin"}
     assert printed.count("argmax agreement 100.000 % ok") == 2  # the parity check at two sizes and batches
     assert detect_format(folder) == "openvino" and detect_format(folder / "model.xml") == "openvino"
-    model = ov.Core().read_model(str(folder / "model.xml"))
-    assert model.inputs[0].get_partial_shape().is_dynamic  # batch, height and width
-    record = json.loads(model.get_rt_info(["effdetseg_record"]).astype(str))
+    ir = run_python(INSPECT_IR, xml=folder / "model.xml")
+    assert ir["dynamic"]  # batch, height and width
+    record = ir["effdetseg_record"]
     assert record["architecture"]["backbone"] == TINY["backbone"] and record["preprocessing"]["size"] == [128, 128]
 
 
 def test_every_backend_predicts_what_eager_predicts(ir_folder: tuple[Path, str], checkpoint: Path) -> None:
-    image = read_image(VAL_IMAGE)
-    eager = Predictor(checkpoint, device="cpu")
-    expected = eager.predict(image)
-    assert len(np.unique(expected)) >= 2, "the reference labels one class only: agreement would be trivial"
-    runs = {
-        "folder": Predictor(ir_folder[0], device="cpu"),
-        "xml": Predictor(ir_folder[0] / "model.xml", device="cpu"),
-        "checkpoint openvino": Predictor(checkpoint, device="cpu", backend="openvino"),
-        "checkpoint onnxruntime": Predictor(checkpoint, device="cpu", backend="onnxruntime"),
-        "checkpoint auto": Predictor(checkpoint, device="cpu", backend="auto"),
-    }
-    for name, predictor in runs.items():
-        assert predictor.model is None and predictor.num_classes == 11, name
-        assert predictor.preprocessing == eager.preprocessing, name
-        assert (predictor.predict(image) == expected).mean() >= 0.999, name
-    assert runs["folder"].backend == "openvino" and runs["checkpoint onnxruntime"].backend == "onnxruntime"
+    result = run_python("""
+        import numpy as np
+        from effdetseg.data import read_image
+        from effdetseg.deploy.predictor import Predictor
+        image = read_image(args["image"])
+        eager = Predictor(args["checkpoint"], device="cpu")
+        expected = eager.predict(image)
+        runs = {
+            "folder": Predictor(args["folder"], device="cpu"),
+            "xml": Predictor(args["folder"] + "/model.xml", device="cpu"),
+            "checkpoint openvino": Predictor(args["checkpoint"], device="cpu", backend="openvino"),
+            "checkpoint onnxruntime": Predictor(args["checkpoint"], device="cpu", backend="onnxruntime"),
+            "checkpoint auto": Predictor(args["checkpoint"], device="cpu", backend="auto"),
+        }
+        report = {"classes_in_reference": len(np.unique(expected)), "runs": {}}
+        for name, predictor in runs.items():
+            report["runs"][name] = {
+                "model_is_none": predictor.model is None, "num_classes": predictor.num_classes,
+                "same_preprocessing": predictor.preprocessing == eager.preprocessing,
+                "agreement": float((predictor.predict(image) == expected).mean()),
+                "backend": predictor.backend, "note": predictor.backend_note,
+            }
+        other = Predictor(args["folder"], device="cpu", resolution=(96, 160))
+        report["shapes"] = [list(m.shape) for m in other.predict([image, image[:200, :300]])]
+        report["image_shape"] = list(image.shape[:2])
+        print(json.dumps(report))
+    """, image=VAL_IMAGE, checkpoint=checkpoint, folder=ir_folder[0])
+    assert result["classes_in_reference"] >= 2, "the reference labels one class only: agreement would be trivial"
+    runs = result["runs"]
+    for name, run in runs.items():
+        assert run["model_is_none"] and run["num_classes"] == 11 and run["same_preprocessing"], name
+        assert run["agreement"] >= 0.999, name
+    assert runs["folder"]["backend"] == "openvino" and runs["checkpoint onnxruntime"]["backend"] == "onnxruntime"
     # auto measured eager, ONNX Runtime and OpenVINO on the first input and runs the fastest
-    note = runs["checkpoint auto"].backend_note
-    assert runs["checkpoint auto"].backend in ("torch", "onnxruntime", "openvino") and "auto: fastest measured" in note
+    note = runs["checkpoint auto"]["note"]
+    assert runs["checkpoint auto"]["backend"] in ("torch", "onnxruntime", "openvino") and "auto: fastest measured" in note
     assert all(f"{b} " in note for b in ("torch", "onnxruntime", "openvino")), note
     # dynamic shapes: other sizes and a batch of two
-    other = Predictor(ir_folder[0], device="cpu", resolution=(96, 160))
-    assert [m.shape for m in other.predict([image, image[:200, :300]])] == [image.shape[:2], (200, 300)]
+    assert result["shapes"] == [result["image_shape"], [200, 300]]
 
 
 def test_backend_choice_rules() -> None:
@@ -155,17 +202,20 @@ def test_int8_by_nncf_calibrates_on_real_images_and_names_a_non_image(checkpoint
     assert (output / "model.xml").is_file() and (tmp_path / "int8.fp32" / "model.xml").is_file()
     for runner in ("eager fp32", "openvino fp32", "openvino int8"):
         assert f"  {runner} " in printed
-    model = ov.Core().read_model(str(output / "model.xml"))
-    fake_quantize = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
-    assert len(fake_quantize) > 20
-    # the sensitive layers stay in fp32: nothing quantizes the classifier's or the upsampler's input
-    quantized_inputs = {target.get_node().get_friendly_name() for op in fake_quantize for target in op.output(0).get_target_inputs()}
-    assert not any("/head/classifier/" in name or "/upsample/" in name for name in quantized_inputs)
-    quantization = json.loads(model.get_rt_info(["effdetseg_quantization"]).astype(str))
+    ir = run_python(INSPECT_IR, xml=output / "model.xml")
+    assert ir["fake_quantize"] > 20
+    # the sensitive layers stay in fp32: nothing quantizes the classifier's, the upsampler's or a fusion's input
+    assert not any(part in name for name in ir["quantized_inputs"] for part in ("/head/classifier/", "/upsample/", "/fuse/"))
+    quantization = ir["effdetseg_quantization"]
     assert len(quantization["calibration"]["images"]) == 4 and "x.jpg" not in quantization["calibration"]["images"]
-    predictor = Predictor(output, device="cpu")
-    assert predictor.backend == "openvino" and predictor.preprocessing.size == (128, 128)
-    assert predictor.predict(read_image(VAL_IMAGE)).shape == (360, 480)
+    loaded = run_python("""
+        from effdetseg.data import read_image
+        from effdetseg.deploy.predictor import Predictor
+        predictor = Predictor(args["folder"], device="cpu")
+        print(json.dumps({"backend": predictor.backend, "size": list(predictor.preprocessing.size),
+                          "shape": list(predictor.predict(read_image(args["image"])).shape)}))
+    """, folder=output, image=VAL_IMAGE)
+    assert loaded == {"backend": "openvino", "size": [128, 128], "shape": [360, 480]}
 
 
 @pytest.mark.slow
@@ -186,6 +236,7 @@ def test_benchmark_backends_table(tmp_path: Path) -> None:
     assert rows[1]["agreement"] >= 0.999 and rows[2]["agreement"] >= 0.999 and 0 <= rows[3]["agreement"] <= 1
 
 
+@pytest.mark.slow  # seven commands, each in a fresh process
 def test_bad_backend_input_is_one_line(ir_folder: tuple[Path, str], checkpoint: Path, tmp_path: Path) -> None:
     cases = [
         (["benchmark", "--backends", "eager,tensorrt"], "--backends: unknown tensorrt"),
