@@ -4,7 +4,7 @@ The checkpoint is exported as `effdetseg export --format openvino` does (BatchNo
 by OpenVINO); each variant is NNCF's post-training quantization with the same calibration images
 (CamVid train frames, spread over the split, preprocessed by the one inference path with the
 checkpoint's record) and a different set of layers kept in fp32: the named groups of
-`effdetseg.deploy.quantize_openvino.SENSITIVE_LAYERS` plus, per variant, extra name patterns or
+`effdetseg.deploy.quantize_openvino.SENSITIVE_LAYERS` (its `ignored_scope`) plus, per variant, extra name patterns or
 OpenVINO operation types. Each quantized model is scored by the fraction of pixels whose argmax
 matches OpenVINO fp32 on held-out CamVid val frames. Needs the extra: pip install -e '.[openvino]'.
 
@@ -25,7 +25,7 @@ from effdetseg.deploy.export import onnx_bytes, openvino_model
 from effdetseg.deploy.inference import preprocess
 from effdetseg.deploy.prepare import fold_batchnorm
 from effdetseg.deploy.quantize import open_image_source
-from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, SENSITIVE_LAYERS, require_nncf
+from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, ignored_scope, require_nncf
 from effdetseg.deploy.runtimes import require_openvino
 from effdetseg.io.record import build_model, read_model_file
 
@@ -84,11 +84,7 @@ def main() -> None:
     print("| kept in fp32 | agreement |\n|---|---|")
     for name in args.variants.split(","):
         groups, patterns, types = VARIANTS[name]
-        kept = [SENSITIVE_LAYERS[g] for g in groups]
-        scope = nncf.IgnoredScope(
-            patterns=[p for g in kept for p in g.patterns] + list(patterns),
-            types=[t for g in kept for t in g.types] + list(types), validate=False,
-        )
+        scope = ignored_scope(groups, LayerGroup(patterns, types))
         started = time.perf_counter()
         quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=scope)
         compiled = core.compile_model(quantized, "CPU", config)

@@ -101,6 +101,14 @@ def parse_keep_float(text: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in text.split(",") if k.strip() and k.strip() != "none")
 
 
+def ignored_scope(keep_float: Sequence[str], extra: LayerGroup = LayerGroup()) -> Any:
+    """NNCF's ``IgnoredScope`` of the named groups of :data:`SENSITIVE_LAYERS` (and ``extra``)."""
+    groups = [SENSITIVE_LAYERS[k] for k in keep_float] + [extra]
+    return require_nncf().IgnoredScope(
+        patterns=[p for g in groups for p in g.patterns], types=[t for g in groups for t in g.types], validate=False,
+    )
+
+
 def _inputs(source: ImageSource, indices: Sequence[int], preprocessing: Preprocessing) -> list[np.ndarray]:
     return [preprocess(source.load(i), preprocessing).numpy() for i in indices]
 
@@ -123,10 +131,7 @@ def quantize_openvino(
     ov = require_openvino()
     nncf = require_nncf()
     calibration_items = _inputs(source, calibration, preprocessing)
-    groups = [SENSITIVE_LAYERS[k] for k in recipe.keep_float]
-    ignored = nncf.IgnoredScope(
-        patterns=[p for g in groups for p in g.patterns], types=[t for g in groups for t in g.types], validate=False,
-    )
+    ignored = ignored_scope(recipe.keep_float)
     preset = nncf.QuantizationPreset.PERFORMANCE if recipe.preset == "performance" else nncf.QuantizationPreset.MIXED
     common = dict(
         preset=preset,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import statistics
 import time
 import warnings
 import zipfile
@@ -235,7 +234,7 @@ class AutoRunner:
     """``--backend auto`` on the CPU: the fastest of several runners, measured on the actual input.
 
     On the first batch of each input shape every candidate (built on first use by its factory,
-    e.g. exported to ONNX and compiled) runs ``warmup`` untimed calls — OpenVINO compiles a shape
+    e.g. exported to ONNX and compiled) runs ``warmup`` (≥ 1) untimed calls — OpenVINO compiles a shape
     there — then ``rounds`` timed calls, alternating between candidates so that a busy moment of
     the machine hits all of them, each after ``settle`` untimed calls of its own (the previous
     candidate's thread pool spin-waits for a while after its work; timed straight after ONNX
@@ -249,7 +248,7 @@ class AutoRunner:
         if not factories:
             raise EffdetsegError("--backend auto: no backend to choose from")
         self.factories = dict(factories)
-        self.rounds, self.warmup, self.settle = max(1, int(rounds)), max(0, int(warmup)), max(0, int(settle))
+        self.rounds, self.warmup, self.settle = max(1, int(rounds)), max(1, int(warmup)), max(0, int(settle))
         self.log, self.timer = log, timer
         self.runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.failed: dict[str, str] = {}  # backend → why it was left out
@@ -272,27 +271,27 @@ class AutoRunner:
         return self.runners.get(name)
 
     def measure(self, x: torch.Tensor) -> dict[str, float]:
-        """Median ms of each candidate that runs ``x``; fills ``failed`` for the others."""
-        alive = [name for name in self.factories if self.runner(name) is not None]
-        times: dict[str, list[float]] = {name: [] for name in alive}
-        for round_ in range(self.warmup + self.rounds):
-            for name in list(times):
-                try:
-                    for _ in range(self.settle if round_ >= self.warmup else 0):
-                        self.runners[name](x)
-                    start = self.timer()
-                    self.runners[name](x)
-                    elapsed = self.timer() - start
-                except Exception as e:  # noqa: BLE001
-                    self.failed[name] = _first_line(e)
-                    del times[name]
-                    continue
-                if round_ >= self.warmup:
-                    times[name].append(1000 * elapsed)
-        if not times:
+        """Median ms of each candidate that runs ``x``; fills ``failed`` for the others. The first
+        warm-up call of each candidate also finds the ones that cannot run ``x``; the timing is
+        :func:`~effdetseg.deploy.benchmark.time_alternating`'s, as the benchmark tables time."""
+        from .benchmark import time_alternating
+
+        calls: dict[str, Callable[[], Any]] = {}
+        for name in self.factories:
+            run = self.runner(name)
+            if run is None:
+                continue
+            try:
+                run(x)
+            except Exception as e:  # noqa: BLE001 - a backend that cannot run this input is not a candidate
+                self.failed[name] = _first_line(e)
+                continue
+            calls[name] = lambda run=run: run(x)
+        if not calls:
             raise EffdetsegError("--backend auto: no backend could run the model: "
                                  + "; ".join(f"{k}: {v}" for k, v in self.failed.items()))
-        return {name: statistics.median(values) for name, values in times.items()}
+        timings = time_alternating(calls, rounds=self.rounds, warmup=self.warmup - 1, settle=self.settle, clock=self.timer)
+        return {name: timing.median_ms for name, timing in timings.items()}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
