@@ -13,7 +13,9 @@ candidate changes it with the trainer's ``train.loss`` keys prefixed ``loss.``:
 ``efficientdet_d0_seg[loss.region._target_=effdetseg.engine.losses.LovaszSoftmaxLoss]``,
 ``smp_fpn[loss.distribution._target_=effdetseg.engine.losses.OhemCrossEntropyLoss,loss.distribution.min_kept=50000]``,
 ``efficientdet_d0_seg[loss.class_weights=median_frequency]``; training-only auxiliary heads with the
-trainer's ``train.aux_heads`` keys prefixed ``aux.``: ``efficientdet_d0_seg[aux.levels=[3,4,5],aux.weight=0.4]``.
+trainer's ``train.aux_heads`` keys prefixed ``aux.``: ``efficientdet_d0_seg[aux.levels=[3,4,5],aux.weight=0.4]``;
+and the loop's own recipe for this candidate alone with its field names prefixed ``recipe.``, so one
+invocation can give each decoder its own learning rate: ``efficientdet_d0_seg[recipe.decoder_lr_scale=5],smp_fpn``.
 
 Two budgets, side by side: equal wall-clock (``--minutes`` of training per model; the cosine
 schedule follows the elapsed time) and equal optimizer steps (``--steps``). Each run is its own
@@ -24,7 +26,8 @@ the ratio of each of our models to the FPN for each budget.
 Candidates: ``efficientdet_d0_seg``, ``efficientdet_d0_seg_p2`` (or any of our variants) and
 ``smp_fpn``, ``smp_deeplabv3plus``, ``smp_unet``; a candidate may carry architecture overrides,
 ``efficientdet_d0_seg[bifpn_channels=64,head_layers=2]``. Recipe options (``--lr``,
-``--decoder-lr-scale``, ``--channels-last`` …) apply to every model of the loop alike.
+``--decoder-lr-scale``, ``--channels-last`` …) apply to every model of the loop unless a candidate's
+``recipe.`` keys say otherwise (printed with its result).
 
 One more candidate measures the product instead of the loop: ``effdetseg_train`` runs the README's
 CamVid command (read from README.md, see ``readme_commands.py``) with ``train.max_minutes`` set to
@@ -174,15 +177,25 @@ def split_candidates(text: str) -> list[str]:
     return [item for item in items + [current.strip()] if item]
 
 
-LOSS_PREFIX, AUX_PREFIX = "loss.", "aux."
+LOSS_PREFIX, AUX_PREFIX, RECIPE_PREFIX = "loss.", "aux.", "recipe."
 
 
 def split_training_options(overrides: dict) -> tuple[dict, dict, dict]:
     """(architecture overrides, ``train.loss`` overrides, ``train.aux_heads`` overrides): candidate
-    keys ``loss.KEY`` and ``aux.KEY`` are the latter two."""
+    keys ``loss.KEY`` and ``aux.KEY`` are the latter two (``recipe.KEY`` is neither: see ``candidate_recipe``)."""
     loss = {k[len(LOSS_PREFIX):]: v for k, v in overrides.items() if k.startswith(LOSS_PREFIX)}
     aux = {k[len(AUX_PREFIX):]: v for k, v in overrides.items() if k.startswith(AUX_PREFIX)}
-    return {k: v for k, v in overrides.items() if not k.startswith((LOSS_PREFIX, AUX_PREFIX))}, loss, aux
+    rest = {k: v for k, v in overrides.items() if not k.startswith((LOSS_PREFIX, AUX_PREFIX, RECIPE_PREFIX))}
+    return rest, loss, aux
+
+
+def candidate_recipe(text: str, recipe: Recipe) -> Recipe:
+    """The loop's recipe with the candidate's ``recipe.FIELD=value`` keys applied (an unknown field stops the run)."""
+    changes = {k[len(RECIPE_PREFIX):]: v for k, v in parse_candidate(text)[1].items() if k.startswith(RECIPE_PREFIX)}
+    unknown = sorted(set(changes) - set(asdict(recipe)))
+    if unknown:
+        raise SystemExit(f"{text}: unknown recipe field(s) {', '.join(unknown)} (known: {', '.join(asdict(recipe))})")
+    return Recipe(**{**asdict(recipe), **changes})
 
 
 def build_criterion(loss_overrides: dict, train_masks: np.ndarray):
@@ -512,10 +525,11 @@ def main() -> None:
             if args.save_dir:
                 stem = "".join(c if c.isalnum() or c in "_-" else "_" for c in model)
                 save = str(Path(args.save_dir) / f"{stem}_{budget}{amount:g}" ) + (".safetensors" if not model.startswith("smp_") else ".pth")
-            result = run_in_subprocess(RunSpec(model, budget, amount, recipe, save))
+            result = run_in_subprocess(RunSpec(model, budget, amount, candidate_recipe(model, recipe), save))
             results.append(result)
+            own = "" if PRODUCT in model else f", lr {result['recipe']['lr']:g} (decoder ×{result['recipe']['decoder_lr_scale']:g})"
             print(f"{model} [{budget} {amount:g}]: {result['steps']} steps, {result['ms_per_step']:.0f} ms/step, "
-                  f"mIoU {100 * result['miou']:.2f}, peak {result['peak_mb']:.0f} MB", flush=True)
+                  f"mIoU {100 * result['miou']:.2f}, peak {result['peak_mb']:.0f} MB{own}", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
     for budget, _ in budgets:
