@@ -25,7 +25,7 @@ from effdetseg.deploy.export import onnx_bytes, openvino_model
 from effdetseg.deploy.inference import preprocess
 from effdetseg.deploy.prepare import fold_batchnorm
 from effdetseg.deploy.quantize import open_image_source
-from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, ignored_scope, require_nncf
+from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, constants_folded, ignored_scope, require_nncf
 from effdetseg.deploy.runtimes import require_openvino
 from effdetseg.io.record import build_model, read_model_file
 
@@ -33,6 +33,7 @@ CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvi
 PAD_ONLY = ("pad", "stem", "classifier", "upsampler")
 # name → (groups kept in fp32, extra name patterns, extra operation types)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "none": ((), (), ()),
     "old-default": (("stem", "classifier", "upsampler"), (), ()),
     "pad": (PAD_ONLY, (), ()),
     "pad+decoder": (PAD_ONLY, (r"^(?!.*backbone).*$",), ()),
@@ -48,6 +49,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
     "pad+top_down": (PAD_ONLY, (r".*/top_down/.*",), ()),
     "pad+head": (PAD_ONLY, (r".*/head/.*",), ()),
     "default": (DEFAULT_KEEP_FLOAT, (), ()),
+    "default-pad": (tuple(g for g in DEFAULT_KEEP_FLOAT if g != "pad"), (), ()),
 }
 
 
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--check-images", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--unfolded", action="store_true",
+                        help="quantize the graph as read from ONNX, constants not folded (effdetseg before the fix)")
     args = parser.parse_args()
     ov, nncf = require_openvino(), require_nncf()
     nncf.set_log_level(logging.ERROR)
@@ -68,6 +72,7 @@ def main() -> None:
     record = file.record
     network = build_model(file).eval()
     model = openvino_model(onnx_bytes(fold_batchnorm(network)[0], record), record)
+    model = model if args.unfolded else constants_folded(model)  # as export --int8 quantizes it
     train, val = open_image_source(f"{args.data_root}/train"), open_image_source(f"{args.data_root}/val")
 
     def spread(count: int, wanted: int) -> list[int]:

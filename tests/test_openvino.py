@@ -70,6 +70,10 @@ print(json.dumps({
     "dynamic": model.inputs[0].get_partial_shape().is_dynamic,
     "fake_quantize": len(fake_quantize),
     "quantized_inputs": sorted({t.get_node().get_friendly_name() for op in fake_quantize for t in op.output(0).get_target_inputs()}),
+    # what feeds each depthwise convolution's weights: a Constant (fp32), or the int8 constant's dequantizing
+    # Multiply (packed by NNCF), or a FakeQuantize (left as a float op: the convolution cannot run in int8)
+    "depthwise_weights": sorted({op.input_value(1).get_node().get_type_name() for op in model.get_ordered_ops()
+                                 if op.get_type_name() == "GroupConvolution"}),
     **info,
 }))
 """
@@ -206,6 +210,9 @@ def test_int8_by_nncf_calibrates_on_real_images_and_names_a_non_image(checkpoint
     assert ir["fake_quantize"] > 20
     # the sensitive layers stay in fp32: nothing quantizes the classifier's, the upsampler's or a fusion's input
     assert not any(part in name for name in ir["quantized_inputs"] for part in ("/head/classifier/", "/upsample/", "/fuse/"))
+    # the depthwise convolutions' weights are int8 constants per channel, not fake-quantized floats (with their
+    # weights behind the ONNX import's Reshape, NNCF quantized them per kernel column and they all ran in fp32)
+    assert ir["depthwise_weights"] == ["Multiply"]
     quantization = ir["effdetseg_quantization"]
     assert len(quantization["calibration"]["images"]) == 4 and "x.jpg" not in quantization["calibration"]["images"]
     loaded = run_python("""
