@@ -9,7 +9,7 @@ OpenVINO operation types. Each quantized model is scored by the fraction of pixe
 matches OpenVINO fp32 on held-out CamVid val frames. Needs the extra: pip install -e '.[openvino]'.
 
     python benchmarks/nncf_layers.py --checkpoint experiments/camvid/best.pth
-    python benchmarks/nncf_layers.py --checkpoint experiments/camvid/best.pth --variants old-default,default
+    python benchmarks/nncf_layers.py --checkpoint experiments/camvid/best.pth --variants none,default,pad+fusion --unfolded
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ PAD_ONLY = ("pad", "stem", "classifier", "upsampler")
 # name → (groups kept in fp32, extra name patterns, extra operation types)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "none": ((), (), ()),
-    "old-default": (("stem", "classifier", "upsampler"), (), ()),
+    "default": (DEFAULT_KEEP_FLOAT, (), ()),
     "pad": (PAD_ONLY, (), ()),
     "pad+decoder": (PAD_ONLY, (r"^(?!.*backbone).*$",), ()),
     "pad+backbone": ((*PAD_ONLY, "backbone"), (), ()),
@@ -48,8 +48,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
     "pad+bifpn": (PAD_ONLY, (r".*/bifpn/.*",), ()),
     "pad+top_down": (PAD_ONLY, (r".*/top_down/.*",), ()),
     "pad+head": (PAD_ONLY, (r".*/head/.*",), ()),
-    "default": (DEFAULT_KEEP_FLOAT, (), ()),
-    "default-pad": (tuple(g for g in DEFAULT_KEEP_FLOAT if g != "pad"), (), ()),
+    "pad+fusion": ((*PAD_ONLY, "fusion"), (), ()),  # the default while the depthwise weights were not folded
 }
 
 

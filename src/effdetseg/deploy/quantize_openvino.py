@@ -6,12 +6,14 @@ images preprocessed by the one inference path with the record's preprocessing (t
 :func:`effdetseg.deploy.quantize.open_image_source`: a folder or a data preset's train split) → an
 INT8 IR whose rt_info also says, under ``effdetseg_quantization``, how it was made.
 
+Before NNCF the graph's constant subgraphs are computed (:func:`constants_folded`), so every
+convolution's weights are a constant NNCF quantizes per output channel and OpenVINO packs as int8.
+
 Accuracy is protected in one of two ways (:class:`NncfRecipe`):
 - ``keep_float``: layers that stay in fp32, by name pattern or operation type. The default keeps
   the ones whose errors reach every pixel unfiltered — the first convolution (it sees raw pixels),
   the classifier (its output is the argmax), the transposed-convolution upsampler (it runs on the
-  logits) — the TF-"SAME" Pad operations, whose quantized inputs wrecked the stride-2 stages, and
-  the BiFPN's weighted fusions with the projections that feed them;
+  logits); more groups (the TF-"SAME" Pad operations, the BiFPN's fusions, the backbone) can be named;
 - ``accuracy_control``: NNCF's accuracy-aware quantization, which ranks the quantized layers by
   how much they cost and returns the worst to fp32 until the metric — here the fraction of
   pixels whose argmax matches the fp32 model on held-out images — is within ``max_drop``.
@@ -42,21 +44,22 @@ class LayerGroup:
 
 
 SENSITIVE_LAYERS = {
-    # Measured on the CamVid-trained D0 (EfficientNet-Lite0), 360×480 val frames, argmax agreement
-    # with OpenVINO fp32; each group added to the one before (README "Deploying on a CPU with OpenVINO"):
-    # stem, classifier, upsampler in fp32: 33.2 %; + pad: 95.2 %; + fusion: 99.4 %.
-    # pad: the explicit Pad operations of TF-"SAME" padding (tf_efficientnet_* backbones), before each
-    # stride-2 depthwise convolution: with their inputs quantized the stride-2 stages collapsed.
-    "pad": LayerGroup(types=("Pad",)),
-    # fusion: the BiFPN's fast normalised fusions (weighted sums of levels brought to one size) and the
-    # 1×1 projections feeding them. Elementwise sums gain little from INT8; the projections are few.
-    "fusion": LayerGroup(patterns=(r".*/fuse/.*", r".*/edges\.\d+/project/.*")),
+    # Measured on the CamVid-trained D0 (EfficientNet-Lite0), 12 CamVid val frames at 360×480, argmax
+    # agreement with OpenVINO fp32 (benchmarks/nncf_layers.py, README "Deploying on a CPU with OpenVINO"):
+    # nothing in fp32 99.0 %; stem, classifier, upsampler 99.3 %; + pad + fusion 99.3 % but 1.3× slower.
+    # (Before constants_folded, the unpacked depthwise weights took it to 33 %; pad + fusion were the workaround.)
     "stem": LayerGroup(patterns=(r".*/conv_stem/.*",)),  # EfficientNet's first convolution (UNet: its first block)
     "classifier": LayerGroup(patterns=(r".*/head/classifier/.*",)),  # its output is the argmax
     "upsampler": LayerGroup(patterns=(r".*/upsample/.*",)),  # runs on the logits
-    "backbone": LayerGroup(patterns=(r".*/backbone/.*",)),  # not by default: most of the network's cost
+    # pad: the explicit Pad operations of TF-"SAME" padding (tf_efficientnet_* backbones), before each
+    # stride-2 depthwise convolution.
+    "pad": LayerGroup(types=("Pad",)),
+    # fusion: the BiFPN's fast normalised fusions (weighted sums of levels brought to one size) and the
+    # 1×1 projections feeding them.
+    "fusion": LayerGroup(patterns=(r".*/fuse/.*", r".*/edges\.\d+/project/.*")),
+    "backbone": LayerGroup(patterns=(r".*/backbone/.*",)),  # most of the network's cost
 }
-DEFAULT_KEEP_FLOAT = ("pad", "fusion", "stem", "classifier", "upsampler")
+DEFAULT_KEEP_FLOAT = ("stem", "classifier", "upsampler")
 PRESETS = ("performance", "mixed")
 
 
