@@ -74,6 +74,11 @@ print(json.dumps({
     # Multiply (packed by NNCF), or a FakeQuantize (left as a float op: the convolution cannot run in int8)
     "depthwise_weights": sorted({op.input_value(1).get_node().get_type_name() for op in model.get_ordered_ops()
                                  if op.get_type_name() == "GroupConvolution"}),
+    # swish written as x * sigmoid(x) (as ONNX spells it) rather than one Swish op
+    "swish_as_multiply": sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "Multiply" and any(
+        v.get_node().get_type_name() == "Sigmoid" and v.get_node().input_value(0) == op.input_value(1 - i)
+        for i, v in enumerate(op.input_values()))),
+    "swish_ops": sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "Swish"),
     **info,
 }))
 """
@@ -214,6 +219,9 @@ def test_int8_by_nncf_calibrates_on_real_images_and_names_a_non_image(checkpoint
     # the depthwise convolutions' weights are int8 constants per channel, not fake-quantized floats (with their
     # weights behind the ONNX import's Reshape, NNCF quantized them per kernel column and they all ran in fp32)
     assert ir["depthwise_weights"] == ["Multiply"]
+    # and swish is one op, which OpenVINO fuses into the int8 convolution before it (the fp32 IR still spells it out)
+    spelled_out = run_python(INSPECT_IR, xml=tmp_path / "int8.fp32" / "model.xml")["swish_as_multiply"]
+    assert spelled_out > 0 and ir["swish_ops"] == spelled_out and ir["swish_as_multiply"] == 0
     quantization = ir["effdetseg_quantization"]
     assert len(quantization["calibration"]["images"]) == 4 and "x.jpg" not in quantization["calibration"]["images"]
     loaded = run_python("""

@@ -6,8 +6,9 @@ images preprocessed by the one inference path with the record's preprocessing (t
 :func:`effdetseg.deploy.quantize.open_image_source`: a folder or a data preset's train split) → an
 INT8 IR whose rt_info also says, under ``effdetseg_quantization``, how it was made.
 
-Before NNCF the graph's constant subgraphs are computed (:func:`constants_folded`), so every
-convolution's weights are a constant NNCF quantizes per output channel and OpenVINO packs as int8.
+Before NNCF the graph is put in the form int8 kernels need (:func:`prepared_for_nncf`): constants
+folded, so every convolution's weights are a constant quantized per output channel and packed as
+int8, and swish as one op, so it fuses into the int8 convolution before it.
 
 Accuracy is protected in one of two ways (:class:`NncfRecipe`):
 - ``keep_float``: layers that stay in fp32, by name pattern or operation type. The default keeps
@@ -47,7 +48,7 @@ SENSITIVE_LAYERS = {
     # Measured on the CamVid-trained D0 (EfficientNet-Lite0), 12 CamVid val frames at 360×480, argmax
     # agreement with OpenVINO fp32 (benchmarks/nncf_layers.py, README "Deploying on a CPU with OpenVINO"):
     # nothing in fp32 99.0 %; stem, classifier, upsampler 99.3 %; + pad + fusion 99.3 % but 1.3× slower.
-    # (Before constants_folded, the unpacked depthwise weights took it to 33 %; pad + fusion were the workaround.)
+    # (Before prepared_for_nncf, the unpacked depthwise weights took it to 33 %; pad + fusion were the workaround.)
     "stem": LayerGroup(patterns=(r".*/conv_stem/.*",)),  # EfficientNet's first convolution (UNet: its first block)
     "classifier": LayerGroup(patterns=(r".*/head/classifier/.*",)),  # its output is the argmax
     "upsampler": LayerGroup(patterns=(r".*/upsample/.*",)),  # runs on the logits
@@ -112,19 +113,35 @@ def ignored_scope(keep_float: Sequence[str], extra: LayerGroup = LayerGroup()) -
     )
 
 
-def constants_folded(model: Any) -> Any:
-    """A copy of ``model`` with its constant subgraphs computed. The ONNX import leaves every
-    depthwise convolution's weights behind a Reshape; NNCF then cannot see them as weights, so it
-    quantizes them per kernel column, not per channel, OpenVINO cannot pack them, and every
-    depthwise convolution ran in fp32 behind fake-quantize ops (D4 at 512²: 189 → 102 ms)."""
-    require_openvino()
-    from openvino import passes
+def prepared_for_nncf(model: Any) -> Any:
+    """A copy of ``model`` in the form NNCF and OpenVINO's int8 kernels need; the same function.
 
-    folded = model.clone()
+    - Constant subgraphs computed: the ONNX import leaves every depthwise convolution's weights
+      behind a Reshape; NNCF then cannot see them as weights, so it quantized them per kernel
+      column, OpenVINO could not pack them, and every depthwise convolution ran in fp32 behind
+      fake-quantize ops (D4 at 512²: 189 → 102 ms; CamVid D0 agreement 33 → 99 %).
+    - ``x · sigmoid(x)`` (how ONNX spells SiLU/swish) as one Swish op: OpenVINO then fuses the
+      activation and the following quantization into the int8 convolution before it, instead of
+      running both in fp32 (D4 at 512²: 152 → 102 ms; fp32 results unchanged)."""
+    require_openvino()
+    from openvino import opset13, passes
+
+    prepared = model.clone()
     manager = passes.Manager()
     manager.register_pass(passes.ConstantFolding())
-    manager.run_passes(folded)
-    return folded
+    manager.run_passes(prepared)
+    for op in prepared.get_ordered_ops():
+        if op.get_type_name() != "Multiply":
+            continue
+        a, b = op.input_value(0), op.input_value(1)
+        for x, gate in ((a, b), (b, a)):
+            if gate.get_node().get_type_name() == "Sigmoid" and gate.get_node().input_value(0) == x:
+                swish = opset13.swish(x)
+                swish.set_friendly_name(op.get_friendly_name())  # keeps --keep-float patterns matching
+                op.output(0).replace(swish.output(0))
+                break
+    prepared.validate_nodes_and_infer_types()
+    return prepared
 
 
 def _inputs(source: ImageSource, indices: Sequence[int], preprocessing: Preprocessing) -> list[np.ndarray]:
@@ -148,7 +165,7 @@ def quantize_openvino(
     record in its rt_info is kept; how it was quantized is added."""
     ov = require_openvino()
     nncf = require_nncf()
-    model = constants_folded(model)
+    model = prepared_for_nncf(model)
     calibration_items = _inputs(source, calibration, preprocessing)
     ignored = ignored_scope(recipe.keep_float)
     preset = nncf.QuantizationPreset.PERFORMANCE if recipe.preset == "performance" else nncf.QuantizationPreset.MIXED
