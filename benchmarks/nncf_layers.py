@@ -9,7 +9,7 @@ OpenVINO operation types. Each quantized model is scored by the fraction of pixe
 matches OpenVINO fp32 on held-out CamVid val frames. Needs the extra: pip install -e '.[openvino]'.
 
     python benchmarks/nncf_layers.py --checkpoint experiments/camvid/best.pth
-    python benchmarks/nncf_layers.py --checkpoint experiments/camvid/best.pth --variants none,default,pad+fusion --unfolded
+    python benchmarks/nncf_layers.py --checkpoint experiments/camvid/best.pth --variants none,default,pad+fusion --unprepared
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from effdetseg.deploy.export import onnx_bytes, openvino_model
 from effdetseg.deploy.inference import preprocess
 from effdetseg.deploy.prepare import fold_batchnorm
 from effdetseg.deploy.quantize import open_image_source
-from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, prepared_for_nncf, ignored_scope, require_nncf
+from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, ignored_scope, prepared_for_nncf, require_nncf
 from effdetseg.deploy.runtimes import require_openvino
 from effdetseg.io.record import build_model, read_model_file
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--check-images", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--unfolded", action="store_true",
+    parser.add_argument("--unprepared", action="store_true",
                         help="quantize the graph as read from ONNX, not prepared_for_nncf (effdetseg before the fix)")
     args = parser.parse_args()
     ov, nncf = require_openvino(), require_nncf()
@@ -71,7 +71,7 @@ def main() -> None:
     record = file.record
     network = build_model(file).eval()
     model = openvino_model(onnx_bytes(fold_batchnorm(network)[0], record), record)
-    model = model if args.unfolded else prepared_for_nncf(model)  # as export --int8 quantizes it
+    model = model if args.unprepared else prepared_for_nncf(model)  # as export --int8 quantizes it
     train, val = open_image_source(f"{args.data_root}/train"), open_image_source(f"{args.data_root}/val")
 
     def spread(count: int, wanted: int) -> list[int]:

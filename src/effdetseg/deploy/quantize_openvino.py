@@ -114,7 +114,7 @@ def ignored_scope(keep_float: Sequence[str], extra: LayerGroup = LayerGroup()) -
 
 
 def prepared_for_nncf(model: Any) -> Any:
-    """A copy of ``model`` in the form NNCF and OpenVINO's int8 kernels need; the same function.
+    """A copy of ``model``, computing the same function, in the form NNCF and OpenVINO's int8 kernels need.
 
     - Constant subgraphs computed: the ONNX import leaves every depthwise convolution's weights
       behind a Reshape; NNCF then cannot see them as weights, so it quantized them per kernel
