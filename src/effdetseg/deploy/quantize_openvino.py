@@ -119,10 +119,10 @@ def prepared_for_nncf(model: Any) -> Any:
     - Constant subgraphs computed: the ONNX import leaves every depthwise convolution's weights
       behind a Reshape; NNCF then cannot see them as weights, so it quantized them per kernel
       column, OpenVINO could not pack them, and every depthwise convolution ran in fp32 behind
-      fake-quantize ops (D4 at 512²: 189 → 102 ms; CamVid D0 agreement 33 → 99 %).
+      fake-quantize ops (D4 at 512², one process: 189 → 102 ms; CamVid D0 agreement 33 → 99 %).
     - ``x · sigmoid(x)`` (how ONNX spells SiLU/swish) as one Swish op: OpenVINO then fuses the
       activation and the following quantization into the int8 convolution before it, instead of
-      running both in fp32 (D4 at 512²: 152 → 102 ms; fp32 results unchanged)."""
+      running both in fp32 (D4 at 512², one process: 152 → 102 ms; fp32 results unchanged)."""
     require_openvino()
     from openvino import opset13, passes
 
