@@ -1,7 +1,7 @@
 """Which layers NNCF's INT8 must keep in fp32: argmax agreement with OpenVINO fp32, one variant at a time.
 
 The checkpoint is exported as `effdetseg export --format openvino` does (BatchNorm folded, ONNX, read
-by OpenVINO); each variant is NNCF's post-training quantization with the same calibration images
+by OpenVINO); each variant is the export's NNCF quantization (`quantize_openvino`) with the same calibration images
 (CamVid train frames, spread over the split, preprocessed by the one inference path with the
 checkpoint's record) and a different set of layers kept in fp32: the named groups of
 `effdetseg.deploy.quantize_openvino.SENSITIVE_LAYERS` (its `ignored_scope`) plus, per variant, extra name patterns or
@@ -25,7 +25,7 @@ from effdetseg.deploy.export import onnx_bytes, openvino_model
 from effdetseg.deploy.inference import preprocess
 from effdetseg.deploy.prepare import fold_batchnorm
 from effdetseg.deploy.quantize import open_image_source
-from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, ignored_scope, prepared_for_nncf, require_nncf
+from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, NncfRecipe, quantize_openvino, require_nncf
 from effdetseg.deploy.runtimes import require_openvino
 from effdetseg.io.record import build_model, read_model_file
 
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--check-images", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--unprepared", action="store_true",
-                        help="quantize the graph as read from ONNX, not prepared_for_nncf (effdetseg before the fix)")
+                        help="quantize the graph as read from ONNX, not prepared for NNCF (effdetseg before the fix)")
     args = parser.parse_args()
     ov, nncf = require_openvino(), require_nncf()
     nncf.set_log_level(logging.ERROR)
@@ -71,13 +71,12 @@ def main() -> None:
     record = file.record
     network = build_model(file).eval()
     model = openvino_model(onnx_bytes(fold_batchnorm(network)[0], record), record)
-    model = model if args.unprepared else prepared_for_nncf(model)  # as export --int8 quantizes it
     train, val = open_image_source(f"{args.data_root}/train"), open_image_source(f"{args.data_root}/val")
 
     def spread(count: int, wanted: int) -> list[int]:
         return list(range(0, count, max(1, count // wanted)))[:wanted]
 
-    calibration = [preprocess(train.load(i), record.preprocessing).numpy() for i in spread(train.count, args.calibration_images)]
+    calibration = spread(train.count, args.calibration_images)
     held_out = [preprocess(val.load(i), record.preprocessing).numpy() for i in spread(val.count, args.check_images)]
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads}
@@ -88,14 +87,14 @@ def main() -> None:
     print("| kept in fp32 | agreement |\n|---|---|")
     for name in args.variants.split(","):
         groups, patterns, types = VARIANTS[name]
-        scope = ignored_scope(groups, LayerGroup(patterns, types))
         started = time.perf_counter()
-        quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=scope)
+        # the export's own quantization (its preset, bias correction, graph preparation), other layers kept in fp32
+        quantized = quantize_openvino(model, train, calibration, record.preprocessing, NncfRecipe(keep_float=groups),
+                                      extra_float=LayerGroup(patterns, types), prepare=not args.unprepared)
         compiled = core.compile_model(quantized, "CPU", config)
         agreement = np.mean([(np.asarray(compiled(x)[0]).argmax(1) == e).mean() for x, e in zip(held_out, expected)])
         label = "+".join(groups) + "".join(f" +{p}" for p in (*patterns, *types))
         print(f"| {name}: {label} | {100 * agreement:.2f} % |  ({time.perf_counter() - started:.0f} s)", flush=True)
-
 
 if __name__ == "__main__":
     main()

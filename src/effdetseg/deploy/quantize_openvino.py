@@ -159,15 +159,20 @@ def quantize_openvino(
     preprocessing: Preprocessing,
     recipe: NncfRecipe = NncfRecipe(),
     validation: Sequence[int] = (),
+    *,
+    extra_float: LayerGroup = LayerGroup(),
+    prepare: bool = True,
 ) -> Any:
     """The INT8 version of the fp32 ``openvino.Model`` ``model``, calibrated on ``source``'s images
     ``calibration``; with accuracy control, validated on the images ``validation``. The model
-    record in its rt_info is kept; how it was quantized is added."""
+    record in its rt_info is kept; how it was quantized is added. ``extra_float``: more layers kept
+    in fp32 than the recipe's groups; ``prepare=False`` quantizes the graph as read, not
+    :func:`prepared_for_nncf` (both for benchmarks/nncf_layers.py's ablation)."""
     ov = require_openvino()
     nncf = require_nncf()
-    model = prepared_for_nncf(model)
+    model = prepared_for_nncf(model) if prepare else model
     calibration_items = _inputs(source, calibration, preprocessing)
-    ignored = ignored_scope(recipe.keep_float)
+    ignored = ignored_scope(recipe.keep_float, extra_float)
     preset = nncf.QuantizationPreset.PERFORMANCE if recipe.preset == "performance" else nncf.QuantizationPreset.MIXED
     common = dict(
         preset=preset,
