@@ -328,6 +328,7 @@ def test_train_bad_setups_leave_nothing_behind(tmp_path: Path, capsys) -> None:
         ([f"train.model.weights={corrupt}"], [str(corrupt)]),
         (["data.batch_size=1"], ["data.batch_size=1", "64×64", "data.batch_size=2", "≥ 129"]),
         (["train.decoder_lr_scale=-5"], ["train.decoder_lr_scale", "-5"]),
+        (["train.freeze_backbone_stride=3"], ["train.freeze_backbone_stride", "got 3"]),
         (["train.optimizer.lr=nan"], ["train.optimizer.lr", "nan", "not a finite number"]),
         (["train.ema.decay=inf"], ["train.ema.decay", "inf"]),
         (["train.max_minutes=-1"], ["train.max_minutes", "-1"]),

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from effdetseg.cli import main as cli_main
 from effdetseg.errors import EffdetsegError
-from effdetseg.engine.builders import build_model, build_optimizer, build_scheduler
+from effdetseg.engine.builders import build_model, build_optimizer, build_scheduler, freeze_backbone_layers
 from effdetseg.configs.compose import compose
 from effdetseg.engine.experiment import create_experiment_dir, train_config
 from effdetseg.engine.schedulers import WarmupCosineLR, WarmupPolyLR, schedule_kind
@@ -164,6 +164,32 @@ def test_decoder_lr_scale_splits_backbone_and_decoder() -> None:
     assert sorted(scheduler.base_lrs) == pytest.approx([1e-3, 1e-3, 5e-3, 5e-3])
     with pytest.raises(EffdetsegError, match="decoder_lr_scale"):
         build_optimizer(cfg.train.optimizer, torch.nn.Conv2d(3, 3, 1), 5.0)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "stride", "frozen"),
+    [
+        ("tf_efficientnet_lite0", 2, ["conv_stem", "bn1", "blocks.0"]),
+        ("tf_efficientnet_lite0", 4, ["conv_stem", "bn1", "blocks.0", "blocks.1"]),
+        ("resnet18", 4, ["conv1", "bn1", "act1", "maxpool", "layer1"]),
+    ],
+)
+def test_freeze_backbone_stride_freezes_the_stem_and_early_stages(backbone: str, stride: int, frozen: list[str]) -> None:
+    model = build_model(OmegaConf.create({"name": "efficientdet_d0_seg", "num_classes": 3, "backbone": backbone,
+                                          "backbone_pretrained": False, "weights": None, "overrides": {}}))
+    body = model.backbone.body
+    layers = freeze_backbone_layers(model, stride)
+    assert [body.get_submodule(name) for name in frozen] == layers
+    names = {n for n, p in body.named_parameters() if not p.requires_grad}
+    assert names == {n for n, _ in body.named_parameters() if n.split(".")[0] in frozen or ".".join(n.split(".")[:2]) in frozen}
+    assert all(p.requires_grad for p in model.bifpn.parameters())
+    optimizer = build_optimizer(OmegaConf.create({"_target_": "torch.optim.AdamW", "lr": 1e-3}), model)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for layer in layers for p in layer.parameters()}
+    assert freeze_backbone_layers(build_model(OmegaConf.create({"name": "efficientdet_d0_seg", "num_classes": 3,
+        "backbone": backbone, "backbone_pretrained": False, "weights": None, "overrides": {}})), 0) == []
+    with pytest.raises(EffdetsegError, match="freeze_backbone_stride: .*no layer with output stride 64"):
+        freeze_backbone_layers(model, 64)
 
 
 def test_loss_options_compose_from_the_command_line_and_build() -> None:

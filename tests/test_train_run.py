@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from effdetseg import load_model, read_record
+from effdetseg import create_model, load_model, read_record, save_model
 from effdetseg.cli import main as cli_main
 
 pytestmark = pytest.mark.slow  # training runs, seconds to minutes each
@@ -104,6 +104,20 @@ def test_amp_accumulation_clipping_and_the_original_exponential_schedule(tmp_pat
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0005)  # one epoch of ExponentialLR(0.5)
     assert last["ema"] is None and last["scaler"] is None  # bf16 on the CPU needs no GradScaler
     assert "best validation: epoch 1 (model weights)" in capsys.readouterr().out
+
+
+def test_frozen_backbone_layers_keep_their_weights_and_batch_norm_statistics(tmp_path) -> None:
+    initial = create_model("efficientdet_d0_seg", num_classes=6, backbone="mobilenetv3_small_050", bifpn_channels=16, head_channels=16)
+    save_model(initial, tmp_path / "initial.pth")
+    args = ["train", *TINY, f"experiments_dir={tmp_path}", "experiment_name=frozen", "train.num_epochs=1",
+            "train.freeze_backbone_stride=4", f"train.model.weights={tmp_path / 'initial.pth'}"]
+    assert cli_main(args) == 0
+    trained, before = load_model(tmp_path / "frozen" / "last.pth").state_dict(), initial.state_dict()
+    frozen = [k for k in trained if k.startswith(("backbone.body.conv_stem.", "backbone.body.bn1.", "backbone.body.blocks.0."))]
+    learned = [k for k in trained if k.startswith("backbone.body.blocks.3.") and k.endswith("weight")]
+    assert frozen and learned
+    assert all(torch.equal(trained[k], before[k]) for k in frozen)  # weights and running statistics alike
+    assert not all(torch.equal(trained[k], before[k]) for k in learned)
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step(tmp_path, capsys) -> None:

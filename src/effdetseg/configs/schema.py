@@ -93,6 +93,7 @@ class TrainSection:
     channels_last: bool = False
     compile: bool = False
     decoder_lr_scale: float = 1.0  # lr multiplier for all but the backbone (a new decoder on a pretrained backbone)
+    freeze_backbone_stride: int = 0  # keep the backbone's layers up to its stride-N output fixed (0: train all)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     sync_batchnorm: bool = True
     log_every: int = 10

@@ -94,6 +94,25 @@ def _split_decoder_groups(groups: list[dict], backbone: nn.Module, decoder_lr: f
     return split
 
 
+def freeze_backbone_layers(model: nn.Module, stride: int) -> list[nn.Module]:
+    """``train.freeze_backbone_stride``: the backbone's layers up to its stride-``stride`` output stop
+    learning (no gradients: their backward pass is skipped). Returned so the trainer keeps them in
+    eval mode, which also fixes their BatchNorm statistics, as detectron2's ``FREEZE_AT`` and
+    mmsegmentation's ``frozen_stages`` do. ``stride`` 0: nothing is frozen."""
+    if not stride:
+        return []
+    backbone = getattr(model, "backbone", None)
+    if not hasattr(backbone, "layers_through_stride"):
+        raise EffdetsegError(f"train.freeze_backbone_stride: {type(model).__name__} has no timm backbone to freeze")
+    try:
+        layers = backbone.layers_through_stride(stride)
+    except ValueError as e:
+        raise EffdetsegError(f"train.freeze_backbone_stride: {e}") from None
+    for layer in layers:
+        layer.requires_grad_(False)
+    return layers
+
+
 def build_scheduler(
     scheduler_cfg: DictConfig | None,
     optimizer: torch.optim.Optimizer,

@@ -185,6 +185,8 @@ def check_train_config(cfg: DictConfig) -> None:
             raise EffdetsegError(f"{key} must be a positive number or null, got {value}")
     if cfg.train.decoder_lr_scale <= 0:
         raise EffdetsegError(f"train.decoder_lr_scale must be positive (the decoder's lr = lr × this), got {cfg.train.decoder_lr_scale}")
+    if cfg.train.freeze_backbone_stride not in (0, 2, 4, 8, 16, 32):
+        raise EffdetsegError(f"train.freeze_backbone_stride must be 0 (train all), 2, 4, 8, 16 or 32, got {cfg.train.freeze_backbone_stride}")
     lr = cfg.train.optimizer.get("lr")
     if isinstance(lr, (int, float)) and lr <= 0:
         raise EffdetsegError(f"train.optimizer.lr must be positive, got {lr}")

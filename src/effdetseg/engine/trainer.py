@@ -38,7 +38,7 @@ from ..errors import EffdetsegError
 from ..io.record import Architecture, ModelRecord, Preprocessing, Provenance, load_weights, read_model_file, unwrap, write_model_file
 from . import experiment as exp
 from .budget import PhaseTimes, TimeBudget
-from .builders import build_model, build_optimizer, build_scheduler, steps_per_epoch
+from .builders import build_model, build_optimizer, build_scheduler, freeze_backbone_layers, steps_per_epoch
 from .checkpoints import BEST, LAST, load_optimizer_state, load_training_state, rng_state, set_rng_state
 from .distributed import DistributedContext, all_reduce_mean, broadcast_buffers, broadcast_floats
 from .evaluate import evaluate
@@ -403,6 +403,8 @@ class Trainer:
             self.resume_position = None
         loader = self.train_loader.epoch(epoch, skip)
         self.train_model.train()
+        for layer in self.frozen:  # frozen layers keep their BatchNorm statistics too
+            layer.eval()
         batches = len(self.train_loader)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         bar = tqdm(

@@ -39,6 +39,29 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body(x)
 
+    def layers_through_stride(self, stride: int) -> list[nn.Module]:
+        """The body's layers in forward order, from the stem up to and including the deepest one
+        whose output is at ``stride`` (EfficientNet, stride 4: conv_stem, bn1, blocks.0, blocks.1)."""
+        names = [info["module"] for info in self.body.feature_info.info if info["reduction"] == stride]
+        if not names:
+            reductions = sorted({info["reduction"] for info in self.body.feature_info.info})
+            raise ValueError(f"backbone {self.name!r} has no layer with output stride {stride} (has {reductions})")
+        target, layers = names[-1], []
+
+        def walk(module: nn.Module, prefix: str) -> None:
+            for name, child in module.named_children():
+                path = prefix + name
+                if path == target:
+                    layers.append(child)
+                    return
+                if target.startswith(path + "."):  # the target is inside: its earlier siblings first
+                    walk(child, path + ".")
+                    return
+                layers.append(child)
+
+        walk(self.body, "")
+        return layers
+
 
 def _stride_indices(name: str) -> tuple[int, ...]:
     """The feature indices of ``name`` whose strides are 4, 8, 16 and 32 (built on meta: no cost)."""
