@@ -201,6 +201,7 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         if ctx.is_distributed and self.device.type == "cuda" and cfg.train.sync_batchnorm:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.frozen = freeze_backbone_layers(self.model, int(cfg.train.freeze_backbone_stride))
         self.batch_norm_batch = int(cfg.data.batch_size) * (
             ctx.world_size if ctx.is_distributed and self.device.type == "cuda" and cfg.train.sync_batchnorm else 1
         )
