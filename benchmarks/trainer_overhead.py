@@ -28,15 +28,18 @@ BARE_PHASES = ("forward", "backward", "optimizer")  # what the bare step also do
 
 
 def bare_step(cfg, threads: int, steps: int, warmup: int) -> tuple[float, int]:
-    """Median seconds of forward + cross-entropy + backward + AdamW on the config's model and batch."""
+    """Median seconds of forward + cross-entropy + backward + AdamW on the config's model and batch
+    (with the config's frozen backbone layers)."""
     import torch
 
-    from effdetseg.engine.builders import build_model
+    from effdetseg.engine.builders import build_model, freeze_backbone_layers
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(cfg.train.model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for layer in freeze_backbone_layers(model, int(cfg.train.freeze_backbone_stride)):  # as the trainer freezes them
+        layer.eval()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
     batch = int(cfg.data.batch_size)
     height, width = int(cfg.data.preprocessing.resize_height), int(cfg.data.preprocessing.resize_width)
