@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..configs.compose import compose
 from ..errors import EffdetsegError
-from ..io.files import write_error, write_text_atomic
+from ..io.files import atomic_write, write_error, write_text_atomic
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 LOG = "train.log"
+TENSORBOARD = "tensorboard"
 
 
 def create_experiment_dir(cfg: DictConfig) -> Path:
@@ -75,29 +78,54 @@ def save_config(cfg: DictConfig, experiment_dir: Path) -> None:
 
 
 def read_history(experiment_dir: Path, up_to_epoch: int) -> list[dict]:
-    """Epoch records of metrics.jsonl up to ``up_to_epoch``; the file is rewritten without later ones
-    (epochs a killed run logged after its last checkpoint are trained again)."""
+    """Epoch records of metrics.jsonl up to ``up_to_epoch`` (epochs a killed run logged after its
+    last checkpoint are trained again).
+
+    The file is not rewritten here: a resume that is refused after reading it (its time budget is
+    spent, its config builds another network) must leave the run's records as they are. The later
+    records are dropped when the resumed run appends its first one (``append_history``)."""
     path = experiment_dir / METRICS
+    _pending.pop(_key(path), None)
     if not path.is_file():
         return []
+    text = path.read_text()
     history = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
         if record.get("epoch", 0) <= up_to_epoch:
             history.append(record)
-    write_history(experiment_dir, history)
+    if _history_text(history) != text:
+        _pending[_key(path)] = history
     return history
 
 
+# metrics.jsonl files whose later records a resumed run drops with its first append: path → the records kept
+_pending: dict[str, list[dict]] = {}
+
+
+def _key(path: Path) -> str:
+    return str(Path(path).resolve())
+
+
+def _history_text(history: Sequence[dict]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in history)
+
+
 def write_history(experiment_dir: Path, history: Sequence[dict]) -> None:
-    write_text_atomic(experiment_dir / METRICS, "".join(json.dumps(record) + "\n" for record in history))
+    _pending.pop(_key(experiment_dir / METRICS), None)
+    write_text_atomic(experiment_dir / METRICS, _history_text(history))
 
 
 def append_history(experiment_dir: Path, record: dict) -> None:
-    append_line(experiment_dir / METRICS, json.dumps(record))
+    """Add one epoch's record; the first of a resumed run also drops the records after its checkpoint."""
+    kept = _pending.pop(_key(experiment_dir / METRICS), None)
+    if kept is not None:
+        write_history(experiment_dir, [*kept, record])
+    else:
+        append_line(experiment_dir / METRICS, json.dumps(record))
 
 
 def append_line(path: Path, line: str) -> None:
@@ -137,6 +165,58 @@ class Log:
         held, self.held = self.held or [], None
         if self.enabled and self.path is not None and held:
             append_line(self.path, "\n".join(held))
+
+
+class SetupWrites:
+    """What a resumed run writes while it sets up — config.yaml, lines of train.log, a tensorboard
+    event file — recorded as it was before, and put back by ``restore`` when the run is refused
+    before it wrote a checkpoint (a spent time budget, a config of another network): a refused
+    resume changes nothing in the folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        config = folder / CONFIG
+        self.config = config.read_bytes() if config.is_file() else None
+        log = folder / LOG
+        self.log_size = log.stat().st_size if log.is_file() else None
+        self.tensorboard_existed = (folder / TENSORBOARD).is_dir()
+        self.tensorboard = set(_files_below(folder / TENSORBOARD))
+        self.checkpoints = self._checkpoint_stamps()
+
+    def _checkpoint_stamps(self) -> dict[str, tuple[int, int, int] | None]:
+        from .checkpoints import BEST, LAST
+
+        stamps: dict[str, tuple[int, int, int] | None] = {}
+        for name in (LAST, BEST):
+            try:
+                stat = (self.folder / name).stat()
+                stamps[name] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            except FileNotFoundError:
+                stamps[name] = None
+        return stamps
+
+    def checkpoints_unchanged(self) -> bool:
+        return self._checkpoint_stamps() == self.checkpoints
+
+    def restore(self) -> None:
+        config = self.folder / CONFIG
+        if self.config is not None and (not config.is_file() or config.read_bytes() != self.config):
+            data = self.config
+            atomic_write(config, lambda tmp: Path(tmp).write_bytes(data))
+        log = self.folder / LOG
+        if self.log_size is None:
+            log.unlink(missing_ok=True)
+        elif log.is_file() and log.stat().st_size > self.log_size:
+            os.truncate(log, self.log_size)
+        for path in _files_below(self.folder / TENSORBOARD):
+            if path not in self.tensorboard:
+                path.unlink(missing_ok=True)
+        if not self.tensorboard_existed:
+            shutil.rmtree(self.folder / TENSORBOARD, ignore_errors=True)
+
+
+def _files_below(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
 
 
 def train_config(overrides: Sequence[str]) -> tuple[DictConfig, Path | None]:

@@ -30,15 +30,20 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None, command: list[
     lock: FolderLock | None = None
     try:
         experiment_dir, lock = _claim_experiment(cfg, resume_dir, ctx.is_main)
+        # A resume refused before it writes a checkpoint (while set up, or by the time budget at the
+        # start of fit) leaves config.yaml, train.log and tensorboard/ as they were.
+        setup = exp.SetupWrites(experiment_dir) if resume_dir is not None and ctx.is_main else None
         try:
             trainer = Trainer(cfg, ctx, experiment_dir, resume=resume_dir is not None, command=command)
             if ctx.is_main:  # once the run is set up: a resume that is refused changes nothing
                 exp.save_config(cfg, experiment_dir)
             result = trainer.fit()
-        except BaseException:
+        except BaseException as error:
             # Failed before its first checkpoint: leave nothing that blocks running the same command again.
             if resume_dir is None and ctx.is_main and not (experiment_dir / LAST).exists():
                 shutil.rmtree(experiment_dir, ignore_errors=True)
+            elif setup is not None and isinstance(error, EffdetsegError) and setup.checkpoints_unchanged():
+                setup.restore()
             raise
         if result is not None:
             _report(result, trainer.log)
