@@ -118,7 +118,7 @@ def _read(path: Path, mode: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        return np.asarray(image.convert(mode))
+        return np.array(image.convert(mode))  # a writable copy (torch.from_numpy warns on a read-only one)
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -126,7 +126,7 @@ def _read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        return np.asarray(image if image.mode in ("L", "P") else image.convert("L"))
+        return np.array(image if image.mode in ("L", "P") else image.convert("L"))
 
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
