@@ -72,3 +72,101 @@ def test_a_resume_refused_by_its_spent_budget_changes_nothing_in_the_folder(tmp_
     assert cli(["train", f"resume={run}", "validation.grid_images=0"]) == 2
     capsys.readouterr()
     assert snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- outputs never replace a run's files
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An experiment folder as a finished run leaves it (a tiny network, no training)."""
+    from PIL import Image
+
+    from effdetseg.io.record import ModelRecord, write_model_file
+
+    run = tmp_path_factory.mktemp("experiments") / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0_seg", num_classes=3, backbone="mobilenetv3_small_050", bifpn_channels=16, head_channels=16)
+    save_model(model, run / "best.pth", provenance=Provenance(data="synthetic", epoch=1))
+    state = {"optimizer": {"state": {}, "param_groups": []}, "epoch": 1, "global_step": 2, "rng": []}
+    write_model_file(run / "last.pth", ModelRecord.for_model(model), model.state_dict(), state)
+    from omegaconf import OmegaConf
+
+    from effdetseg.configs.compose import compose
+
+    OmegaConf.save(compose([*TINY, "data.num_classes=3", "train.model.num_classes=3"]), run / "config.yaml", resolve=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (run / "train.log").write_text("trained\n")
+    for name in ("curves.png", "per_class_iou.png", "val_grid.png"):
+        Image.new("RGB", (8, 8)).save(run / name)
+    return run
+
+
+def test_what_holds_weights_and_what_a_run_owns(tmp_path: Path, experiment: Path) -> None:
+    from safetensors.torch import save_file
+
+    from effdetseg.io.files import holds_weights, run_owner
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "state.pth")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "m.torchscript.pt"))
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    assert [holds_weights(tmp_path / n) for n in ("state.pth", "legacy.pth", "w.safetensors", "m.torchscript.pt", "m.onnx")] == [
+        True, True, True, False, False]
+    assert run_owner(experiment / "last.pth") == experiment and run_owner(experiment / "tensorboard" / "events.x") == experiment
+    assert run_owner(experiment / "best.onnx") is None and run_owner(tmp_path / "config.yaml") is None
+
+
+def test_export_never_replaces_a_checkpoint_or_a_file_of_a_run(tmp_path: Path, experiment: Path, capsys) -> None:
+    other = tmp_path / "other.pth"
+    other.write_bytes((experiment / "best.pth").read_bytes())
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(hub / "model.safetensors"))
+    before = {**snapshot(experiment), **snapshot(tmp_path)}
+    best = str(experiment / "best.pth")
+    cases = [
+        (["--output", str(experiment / "last.pth")], [str(experiment / "last.pth"), "training run", str(experiment)]),
+        (["--format", "onnx", "--output", str(experiment / "train.log")], ["train.log", "training run"]),
+        (["--format", "openvino", "--output", str(experiment / "tensorboard")], ["tensorboard", "training run"]),
+        (["--output", str(other)], [str(other), "checkpoint"]),
+        (["--format", "hub", "--output", str(experiment)], [str(experiment), "per_class_iou.png"]),
+        (["--format", "hub", "--output", str(hub)], [str(hub / "model.safetensors"), "checkpoint"]),
+    ]
+    for argv, names in cases:
+        if "openvino" in argv:
+            pytest.importorskip("openvino")
+        assert cli(["export", "--checkpoint", best, *argv]) == 2, argv
+        error_line(capsys, "export", *names)
+    assert {**snapshot(experiment), **snapshot(tmp_path)} == before
+    assert not (experiment / "tensorboard").exists()
+
+
+def test_predict_benchmark_and_evaluate_never_replace_a_file_of_a_run(tmp_path: Path, experiment: Path, capsys) -> None:
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    before = snapshot(experiment)
+    best = str(experiment / "best.pth")
+    assert cli(["predict", "--data", str(image), "--checkpoint", best, "--output", str(experiment / "curves.png"), "--overwrite"]) == 2
+    error_line(capsys, "predict", str(experiment / "curves.png"), "training run")
+    assert cli(["benchmark", "--json", str(experiment / "metrics.jsonl"), "--iters", "1", "--warmup", "0"]) == 2
+    error_line(capsys, "benchmark", str(experiment / "metrics.jsonl"), "--json")
+    assert cli(["evaluate", "--checkpoint", best, "--output", str(experiment / "metrics.jsonl")]) == 2
+    error_line(capsys, "evaluate", "metrics.jsonl", "training run")
+    assert snapshot(experiment) == before
+
+
+@pytest.mark.slow
+def test_an_export_still_replaces_its_own_earlier_export(tmp_path: Path, experiment: Path, capsys) -> None:
+    output = tmp_path / "model.torchscript.pt"
+    argv = ["export", "--checkpoint", str(experiment / "best.pth"), "--output", str(output), "--resolution", "64"]
+    assert cli(argv) == 0
+    first = output.stat().st_ino
+    assert cli(argv) == 0
+    assert output.stat().st_ino != first  # written again

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import EffdetsegError
-from .args import ArgumentParser, add_device
+from .args import ArgumentParser, add_device, positive
 
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -159,12 +159,21 @@ def benchmark_onnx(args: argparse.Namespace, resolution: tuple[int, int]) -> int
 
 
 def write_json(path: Path, info: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(info, indent=2) + "\n")
-    except OSError as e:
-        raise EffdetsegError(f"{path}: cannot write results ({e.strerror})") from None
+    from ..io.files import write_text_atomic
+
+    check_json(path)
+    write_text_atomic(path, json.dumps(info, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def check_json(path: Path) -> None:
+    """--json: refused before any timing when it names a folder, a checkpoint or a training run's file."""
+    from ..io.files import check_output_folder, check_replaceable
+
+    if path.is_dir():
+        raise EffdetsegError(f"{path}: --json is a folder; give a file name")
+    check_replaceable(path, "--json")
+    check_output_folder(path.parent)
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -189,6 +198,10 @@ def main(argv: list[str]) -> int:
     resolution = parse_resolution(args.resolution)
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:
         raise EffdetsegError("--batch and --iters must be at least 1, --warmup at least 0")
+    positive("--threads", args.threads)
+    positive("--num-classes", args.num_classes)
+    if args.json:
+        check_json(Path(args.json))
     if args.onnx and args.backends:
         raise EffdetsegError("give --onnx FILE or --backends LIST, not both")
     if args.onnx:

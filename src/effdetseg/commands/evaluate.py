@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     from ..engine.distributed import cleanup_distributed, init_distributed
     from ..engine.evaluate import evaluate
     from ..engine.loaders import plan_cpu, val_loader
-    from ..io.files import ensure_output_folder, write_text_atomic
+    from ..io.files import check_replaceable, ensure_output_folder, write_text_atomic
     from ..io.record import ResizeMode, build_model, read_model_file
 
     from ..deploy.predictor import Predictor
@@ -115,6 +115,7 @@ def main(argv: list[str]) -> int:
     positive("data.batch_size", batch_size)
     suffix = "" if args.split == "val" else f"_{args.split}"
     output = Path(args.output) if args.output else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / f"eval_{checkpoint.stem}_{data_cfg.name}{suffix}.json"
+    check_replaceable(output)
     ensure_output_folder(output.parent)  # before the evaluation, not after it
 
     ctx = init_distributed(args.device)

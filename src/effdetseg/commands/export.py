@@ -18,6 +18,10 @@ on images of the same source that were not calibrated on, the INT8 file's label 
 with the checkpoint's through the Predictor, and the INT8 file, the fp32 file and the checkpoint
 as ``predict`` runs it are timed alternately at the export size. Exit 1 when the agreement is
 below ``--min-agreement``. Bad ``--int8`` options or calibration sources stop before anything is written.
+
+An output never replaces a checkpoint (model weights) or a file of a training run's folder
+(``last.pth``, ``config.yaml``, ``metrics.jsonl`` …): one line names it, before any work; an
+earlier export at the same path is replaced.
 """
 from __future__ import annotations
 
@@ -133,9 +137,26 @@ class Int8Plan:
 
     @property
     def fp32_path(self) -> Path:
-        if self.fmt == "openvino":
-            return self.output.with_name(f"{self.output.name}.fp32")
-        return self.output.with_name(f"{self.output.stem}.fp32{self.output.suffix}")
+        return fp32_path(self.output, self.fmt)
+
+
+def fp32_path(output: Path, fmt: str) -> Path:
+    """Where ``--int8`` writes the fp32 model beside the INT8 one."""
+    if fmt == "openvino":
+        return output.with_name(f"{output.name}.fp32")
+    return output.with_name(f"{output.stem}.fp32{output.suffix}")
+
+
+def check_outputs(output: Path, fmt: str, int8: bool) -> None:
+    """Refuse, before any work, outputs that would replace a checkpoint or a training run's file."""
+    from ..deploy.runtimes import OPENVINO_BIN, OPENVINO_XML
+    from ..io.files import check_replaceable
+
+    for path in [output, fp32_path(output, fmt)] if int8 else [output]:
+        check_replaceable(path)
+        if fmt == "openvino":
+            for name in (OPENVINO_XML, OPENVINO_BIN):
+                check_replaceable(path / name)
 
 
 def _int8_plan(args: argparse.Namespace, fmt: str, checkpoint: Path, output: Path) -> Int8Plan | None:
@@ -262,6 +283,10 @@ def _export_hub(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else source.with_name(source.name.split(".")[0] + "-hub")
     if output.exists() and not output.is_dir():
         raise EffdetsegError(f"{output}: --output must be a folder with --format hub")
+    from ..io.files import check_replaceable
+    from ..io.record import FOLDER_WEIGHTS
+
+    check_replaceable(output / FOLDER_WEIGHTS)  # an earlier model folder's weights are not replaced
     folder = save_pretrained(
         model if model is not None else source, output,
         push_to_hub=bool(args.push_to_hub), repo_id=args.push_to_hub, license=args.license,
@@ -307,6 +332,7 @@ def main(argv: list[str]) -> int:
     output = _output_path(args.output, source, fmt)
     if output.resolve() == source.resolve():
         raise EffdetsegError(f"{output}: --output would overwrite the checkpoint")
+    check_outputs(output, fmt, args.int8)
     ensure_output_folder(output.parent)
     int8 = _int8_plan(args, fmt, source, output)
     if int8 is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..data.image_io import IMAGE_EXTENSIONS, image_files
 from ..io.labels import LabelSet
 from ..errors import EffdetsegError
+from ..io.files import check_replaceable
 from .args import (
     ArgumentParser, add_backend, add_device, add_max_image_pixels, add_model_source, add_tta, apply_max_image_pixels, positive, tta_from_args,
 )
@@ -124,6 +125,9 @@ def main(argv: list[str]) -> int:
     from ..devices import is_out_of_memory
 
     images = find_images(args.data)
+    for paths in plan_outputs(images, Path(args.output), overwrite=True).paths:  # even with --overwrite:
+        for path in paths.files:
+            check_replaceable(path)  # never a checkpoint or a training run's file (curves.png, val_grid.png …)
     plan = plan_outputs(images, Path(args.output), overwrite=args.overwrite)
     plans = plan.paths
     source, model_name = _model_source(args)

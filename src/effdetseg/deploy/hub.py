@@ -23,7 +23,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import EffdetsegError
-from ..io.files import atomic_write, ensure_output_folder
+from ..io.files import atomic_write, ensure_output_folder, run_owner
 from ..io.labels import LabelSet
 from ..io.record import FOLDER_RECORD, FOLDER_WEIGHTS, ModelRecord, load_model, read_model_file, unwrap, write_model_folder
 from .card import class_ious, hub_model_card
@@ -58,6 +58,10 @@ def save_pretrained(
     folder = Path(folder)
     if checkpoint is not None and checkpoint.resolve() == folder.resolve():
         raise EffdetsegError(f"{folder}: the output folder is the checkpoint itself")
+    for name in (FOLDER_RECORD, FOLDER_WEIGHTS, CARD_FILE, CLASS_IOU_PLOT, PREDICTION_GRID):
+        owner = run_owner(folder / name)  # a training run's folder: its plots would be replaced
+        if owner is not None:
+            raise EffdetsegError(f"{folder}: {owner} is a training run's folder, whose {name} a model folder would replace; choose another folder")
     ensure_output_folder(folder)
     write_model_folder(folder, record, state_dict)
     labels = record.labels or LabelSet.default_for(record.architecture.num_classes)

@@ -170,3 +170,70 @@ def ensure_output_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EffdetsegError(f"{folder}: cannot create output folder ({e.strerror})") from None
+
+
+# ----------------------------------------------------------------------------- files outputs never replace
+
+# What a training run keeps in its experiment folder (engine/experiment.py, engine/checkpoints.py,
+# engine/plots.py): an export, a prediction or a benchmark written over one of them would destroy
+# the run (a TorchScript file over last.pth ends every resume).
+RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log", "curves.png", "per_class_iou.png",
+             "val_grid.png", ".lock")
+RUN_FOLDERS = ("tensorboard",)
+_RUN_MARKERS = ("last.pth", "best.pth", "metrics.jsonl", "train.log")
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save without the zip format
+
+
+def is_experiment_folder(folder: Path) -> bool:
+    """A training run's folder: its config.yaml beside a checkpoint or a log of the run."""
+    return (folder / "config.yaml").is_file() and any((folder / name).exists() for name in _RUN_MARKERS)
+
+
+def run_owner(path: Path) -> Path | None:
+    """The experiment folder ``path`` belongs to as one of the run's files (None: it is not one)."""
+    if path.name in RUN_FILES and is_experiment_folder(path.parent):
+        return path.parent
+    for parent in path.parents:
+        if parent.name in RUN_FOLDERS and is_experiment_folder(parent.parent):
+            return parent.parent
+    return None
+
+
+def holds_weights(path: Path) -> bool:
+    """Whether the file is a checkpoint or weights file (torch.save or safetensors) — not an
+    exported TorchScript, ONNX or OpenVINO file, which an export may write again."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return True
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:  # safetensors header
+        return True
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return False
+        torchscript = any("/code/" in name for name in names)
+        return not torchscript and any(name.endswith("/data.pkl") or name == "data.pkl" for name in names)
+    return False
+
+
+def check_replaceable(path: str | Path, what: str = "--output") -> None:
+    """Refuse, in one line naming it, an output that would replace a training run's file or an
+    existing checkpoint (either path of a symbolic link counts)."""
+    path = Path(path)
+    for candidate in dict.fromkeys([path, path.resolve()]):
+        owner = run_owner(candidate)
+        if owner is not None:
+            raise EffdetsegError(
+                f"{path}: {what} would replace {candidate.name} of the training run in {owner}; choose another {what}"
+            )
+        if candidate.is_file() and holds_weights(candidate):
+            raise EffdetsegError(f"{path}: {what} would replace a checkpoint (model weights); choose another {what}")
