@@ -21,7 +21,7 @@ def test_preset_contract(preset):
         assert key in cfg, key
     assert cfg.name == preset and cfg.root is None and cfg.ignore_index == 255 and cfg.labels is None
     assert cfg.num_classes == CLASSES[preset]
-    assert set(cfg.preprocessing) == {"resize_height", "resize_width", "resize_mask_height", "resize_mask_width"}
+    assert set(cfg.preprocessing) == {"resize_height", "resize_width", "resize_mask_height", "resize_mask_width", "inference_size"}
     assert cfg.preprocessing.resize_mask_height == cfg.preprocessing.resize_height
     assert len(cfg.normalize.mean) == 3 and len(cfg.normalize.std) == 3
     assert build_label_set(cfg).num_classes == cfg.num_classes

@@ -1,6 +1,7 @@
 """``effdetseg data``: download, prepare or check a dataset.
 
     effdetseg data check data=voc data.root=/data/VOCdevkit/VOC2012
+    effdetseg data plan data=folder data.root=/data/mine train.max_minutes=10
     effdetseg data prepare coco_voc data.root=/data/coco
     effdetseg data prepare voc_aug data.root=/data/VOCdevkit/VOC2012 data.sbd_root=/data/benchmark_RELEASE/dataset
     effdetseg data download voc --root /data
@@ -17,12 +18,15 @@ PREPARABLE = ("coco_voc", "voc_aug")
 
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="effdetseg data", description="Download, prepare or check a dataset.")
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{check,prepare,download}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{check,plan,prepare,download}")
 
     check = sub.add_parser("check", help="scan a dataset: samples per split, class pixel frequencies, every problem")
     check.add_argument("overrides", nargs="*", help="data overrides, e.g. data=voc data.root=PATH")
     check.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to scan (default: train val)")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    plan = sub.add_parser("plan", help="print the training plan `effdetseg train` would follow for these overrides, without training")
+    plan.add_argument("overrides", nargs="*", help="train overrides, e.g. data=folder data.root=PATH train.max_minutes=10")
 
     prepare = sub.add_parser("prepare", help="build derived files once (coco_voc masks, voc_aug masks from SBD)")
     prepare.add_argument("dataset", choices=PREPARABLE)
@@ -46,6 +50,20 @@ def _check(args: argparse.Namespace) -> int:
     reports = check_dataset(data_cfg, tuple(args.splits), progress=not args.no_progress)
     print(format_report(data_cfg, reports))
     return 1 if any(r.problems for r in reports) else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from ..engine.experiment import train_config
+    from ..engine.plan import plan_training
+
+    cfg, resume_dir = train_config(args.overrides)
+    if resume_dir is not None:
+        from ..errors import EffdetsegError
+
+        raise EffdetsegError("resume: a resumed run follows the plan in its config.yaml; drop resume= to plan a new run")
+    plan, _ = plan_training(cfg, args.overrides, decode=False)
+    print(plan.format())
+    return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -79,4 +97,4 @@ def _download(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
-    return {"check": _check, "prepare": _prepare, "download": _download}[args.action](args)
+    return {"check": _check, "plan": _plan, "prepare": _prepare, "download": _download}[args.action](args)

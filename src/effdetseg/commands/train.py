@@ -2,6 +2,7 @@
 
 Examples:
   effdetseg train                                   # D0 on synthetic shapes, a few minutes on a CPU
+  effdetseg train data=folder data.root=DIR train.max_minutes=10   # your images: a plan from the data
   effdetseg train data=voc_aug data.root=PATH train.model.name=efficientdet_d4_seg
   effdetseg train resume=experiments/NAME           # continue a run exactly where it stopped
   torchrun --nproc_per_node=2 -m effdetseg train …  # DDP
@@ -43,11 +44,16 @@ def main(argv: list[str]) -> int:
     from ..engine.experiment import train_config
 
     cfg, resume_dir = train_config(overrides)
+    store = None
+    if resume_dir is None:  # a resumed run keeps the plan its config.yaml holds
+        from ..engine.plan import plan_training
+
+        _, store = plan_training(cfg, overrides, decode=not show_config)
     if show_config:
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
     from ..engine.run import run_training
 
-    run_training(cfg, resume_dir, command=["effdetseg", "train", *argv])
+    run_training(cfg, resume_dir, command=["effdetseg", "train", *argv], store=store)
     sys.stdout.flush()
     return 0

@@ -48,7 +48,7 @@ class ModelConfig:
     name: str = MISSING
     num_classes: int = MISSING
     backbone: Optional[str] = None
-    backbone_pretrained: Any = False  # true (timm hub), false, or a local weights file
+    backbone_pretrained: Any = False  # auto (timm's ImageNet weights, fetched before the run), true, false, or a local weights file
     weights: Optional[str] = None
     optimizer_state: Optional[str] = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +130,7 @@ class ImageSizeConfig:
     resize_width: int = MISSING
     resize_mask_height: int = MISSING
     resize_mask_width: int = MISSING
+    inference_size: Optional[int] = None  # the side (fixed) or long side (keep_aspect) images get for inference; null: the training size
 
 
 @dataclass
@@ -223,6 +224,7 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     data: Any = None  # one of DATA_SCHEMAS, by data.format
+    plan: Any = None  # the training plan this run was given (engine/plan.py): a record, never read back as settings
 
 
 def schema(data_format: str) -> DictConfig:

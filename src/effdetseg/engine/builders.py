@@ -32,8 +32,8 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
         kwargs["backbone"] = str(model_cfg.backbone)
     pretrained = model_cfg.get("backbone_pretrained")
     if isinstance(pretrained, str):
-        if pretrained.lower() in ("true", "false"):
-            pretrained = pretrained.lower() == "true"
+        if pretrained.lower() in ("true", "false", "auto"):
+            pretrained = pretrained.lower() != "false"
         elif not Path(pretrained).expanduser().is_file():
             raise EffdetsegError(f"train.model.backbone_pretrained: {pretrained} is not a file (use true, false or a weights file)")
         else:
@@ -49,8 +49,9 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
     except Exception as e:  # hub downloads without internet, missing timm weights, …
         if pretrained is True:
             raise EffdetsegError(
-                f"train.model.backbone_pretrained=true: could not fetch the backbone's weights ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); pass a local weights file instead"
+                f"train.model.backbone_pretrained={model_cfg.get('backbone_pretrained')}: could not fetch the backbone's weights "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass a local weights file "
+                f"(train.model.backbone_pretrained=PATH) or train from scratch (train.model.backbone_pretrained=false)"
             ) from None
         raise
     if model_cfg.get("weights"):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..data.cache import DecodedStore
 from ..errors import EffdetsegError
 from ..io.files import FolderLock, remove_orphaned_temporaries
 from . import experiment as exp
@@ -20,10 +21,13 @@ from .distributed import broadcast_object, cleanup_distributed, init_distributed
 from .trainer import Trainer, TrainResult
 
 
-def run_training(cfg: DictConfig, resume_dir: Path | None = None, command: list[str] | None = None) -> TrainResult | None:
+def run_training(
+    cfg: DictConfig, resume_dir: Path | None = None, command: list[str] | None = None, store: DecodedStore | None = None
+) -> TrainResult | None:
     """Train as configured; on rank 0 print the best epoch's per-class table and the files written.
 
-    ``command`` (the command line) is recorded in the checkpoints' provenance.
+    ``command`` (the command line) is recorded in the checkpoints' provenance; ``store``: the data
+    the training plan decoded already (the RAM cache).
     Returns the result on rank 0, None on other ranks.
     """
     ctx = init_distributed(str(cfg.device))
@@ -34,7 +38,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None, command: list[
         # start of fit) leaves config.yaml, train.log and tensorboard/ as they were.
         setup = exp.SetupWrites(experiment_dir) if resume_dir is not None and ctx.is_main else None
         try:
-            trainer = Trainer(cfg, ctx, experiment_dir, resume=resume_dir is not None, command=command)
+            trainer = Trainer(cfg, ctx, experiment_dir, resume=resume_dir is not None, command=command, store=store)
             if ctx.is_main:  # once the run is set up: a resume that is refused changes nothing
                 exp.save_config(cfg, experiment_dir)
             result = trainer.fit()

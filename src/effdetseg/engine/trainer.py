@@ -9,6 +9,7 @@ the one inference path with the record's preprocessing, so it measures what ``pr
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,13 +30,14 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import build_dataset, build_label_set
-from ..data.cache import cache_datasets
+from ..data.cache import DecodedStore, cache_datasets
 from ..data.check import class_pixels_per_image, coverage_problems, label_histogram
 from ..deploy.inference import segment
 from ..deploy.prepare import prepare_for_inference
 from ..devices import slow_bf16_warning
 from ..errors import EffdetsegError
 from ..io.record import Architecture, ModelRecord, Preprocessing, Provenance, load_weights, read_model_file, unwrap, write_model_file
+from ..io.files import write_text_atomic
 from . import experiment as exp
 from .budget import PhaseTimes, TimeBudget
 from .builders import build_model, build_optimizer, build_scheduler, freeze_backbone_layers, steps_per_epoch
@@ -45,6 +47,7 @@ from .evaluate import evaluate
 from .loaders import TrainLoader, derive_seed, plan_cpu, val_loader
 from .auxiliary import attach_aux_heads, deep_supervision_loss
 from .losses import build_loss
+from .plan import PLAN_FILE
 from .metrics import SegmentationMetrics
 
 
@@ -101,11 +104,12 @@ def seed_everything(seed: int) -> None:
 
 
 def training_preprocessing(data_cfg: DictConfig) -> Preprocessing:
-    """The record's preprocessing of a training run: the training size, the augmentation preset's
+    """The record's preprocessing of a training run: the training size (or ``inference_size``), the augmentation preset's
     resize mode for inference (``data.augmentation.inference_resize``) and ``data.normalize``."""
     prep = data_cfg.preprocessing
+    inference = prep.get("inference_size")
     return Preprocessing(
-        size=(int(prep.resize_height), int(prep.resize_width)),
+        size=(int(inference), int(inference)) if inference else (int(prep.resize_height), int(prep.resize_width)),
         resize=data_cfg.augmentation.inference_resize,
         mean=tuple(float(v) for v in data_cfg.normalize.mean),
         std=tuple(float(v) for v in data_cfg.normalize.std),
@@ -155,7 +159,8 @@ def check_same_architecture(saved: Architecture, configured: Architecture, check
 
 class Trainer:
     def __init__(
-        self, cfg: DictConfig, ctx: DistributedContext, experiment_dir: Path, resume: bool, command: list[str] | None = None
+        self, cfg: DictConfig, ctx: DistributedContext, experiment_dir: Path, resume: bool, command: list[str] | None = None,
+        store: DecodedStore | None = None,
     ) -> None:
         # The clock of train.max_minutes starts here: setting up (decoding the cache, building the
         # model) is part of the run's time.
@@ -166,6 +171,10 @@ class Trainer:
         self.device = ctx.device
         self.dir = experiment_dir
         self.log = exp.Log(experiment_dir, ctx.is_main, hold=True)  # train.log is written once set up
+        if cfg.get("plan") and not resume:
+            self.log(str(cfg.plan.text))
+            if ctx.is_main:
+                write_text_atomic(experiment_dir / PLAN_FILE, json.dumps(OmegaConf.to_container(cfg.plan), indent=1) + "\n")
         self.progress = bool(cfg.train.progress) and ctx.is_main
         self.num_epochs = int(cfg.train.num_epochs)
 
@@ -183,11 +192,12 @@ class Trainer:
         self.val_set = build_dataset(cfg.data, "val", normalize=False)  # uint8: the inference path normalizes
         if cached:
             start = time.perf_counter()
-            sets = cache_datasets({"train": self.train_set, "val": self.val_set}, ctx.local_world_size, self.cpu.threads)
+            sets = cache_datasets({"train": self.train_set, "val": self.val_set}, ctx.local_world_size, self.cpu.threads, store)
             self.train_set, self.val_set = sets["train"], sets["val"]
             megabytes = sum(s.nbytes for s in sets.values()) / 2**20
+            how = "by the training plan" if store is not None else f"in {time.perf_counter() - start:.1f}s"
             self.log(f"data.cache=ram: {len(self.train_set)} train + {len(self.val_set)} val samples decoded once "
-                     f"({megabytes:.0f} MiB) in {time.perf_counter() - start:.1f}s")
+                     f"({megabytes:.0f} MiB) {how}")
         self._check_class_coverage(exact=cached)
         self.preprocessing = training_preprocessing(cfg.data)
 
