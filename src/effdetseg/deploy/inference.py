@@ -11,7 +11,7 @@ writes. The steps, per image:
    images, so a prediction does not depend on the batch it was in (the network itself pads its
    input to a multiple of its stride and crops the logits back);
 3. ``network_logits``: the network, or the average over horizontal flips, scales and sliding
-   windows (test-time augmentation);
+   windows (test-time augmentation); an input over ``WHOLE_INPUT_PIXELS`` runs in windows anyway;
 4. the logits are resized (bilinear) to the image's original size, then the argmax.
 """
 from __future__ import annotations
@@ -29,6 +29,11 @@ from torch import nn
 from ..io.record import Preprocessing
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
+# Network inputs over this many pixels run in overlapping windows even without test-time
+# augmentation, so memory stays bounded on images of any size (a 4000×3000 photo at its own scale).
+WHOLE_INPUT_PIXELS = 2048 * 2048
+LARGE_INPUT_WINDOW = (1024, 1024)
+LARGE_INPUT_OVERLAP = 0.25
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,8 @@ def network_logits(model: nn.Module | Runner, images: torch.Tensor, tta: TestTim
 
 def _run(runner: Runner, images: torch.Tensor, window: tuple[int, int] | None, overlap: float) -> torch.Tensor:
     height, width = images.shape[-2:]
+    if window is None and height * width > WHOLE_INPUT_PIXELS:
+        window, overlap = LARGE_INPUT_WINDOW, LARGE_INPUT_OVERLAP  # activations of a whole huge input would not fit
     if window is None or (height <= window[0] and width <= window[1]):
         return runner(images)
     return _sliding_window(runner, images, window, overlap)

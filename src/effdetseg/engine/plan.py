@@ -56,7 +56,6 @@ import os
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -67,7 +66,6 @@ from ..data.cache import DecodedStore, available_memory
 from ..data.fingerprint import FINGERPRINT_FORMATS, Fingerprint, take_fingerprint
 from ..devices import resolve_device
 from ..errors import EffdetsegError
-from ..io.files import write_text_atomic
 
 PLAN_FILE = "plan.json"
 CPU_BACKBONE = "tf_efficientnet_lite0"
@@ -395,7 +393,8 @@ def plan_training(cfg: DictConfig, overrides: Sequence[str], *, decode: bool = T
         if decode:
             choose_cache(plan, fingerprint, store)
     _apply(cfg, plan.settings, keys)
-    plan.settings = [Setting(s.key, s.value, s.why, "yours" if overridden(s.key, keys) else "plan") for s in plan.settings]
+    plan.settings = [s if not overridden(s.key, keys) else Setting(s.key, _plain(OmegaConf.select(cfg, s.key)), s.why, "yours")
+                     for s in plan.settings]
     with open_dict(cfg):
         cfg.plan = {**plan.to_dict(), "text": plan.format()}
     return plan, store
@@ -411,5 +410,6 @@ def _apply(cfg: DictConfig, settings: Sequence[Setting], keys: set[str]) -> None
             raise EffdetsegError(f"training plan: cannot set {setting.key}={setting.value!r} ({e})") from None
 
 
-def save_plan(plan: TrainingPlan, experiment_dir: Path) -> None:
-    write_text_atomic(experiment_dir / PLAN_FILE, json.dumps(plan.to_dict(), indent=1, default=str) + "\n")
+def _plain(value: Any) -> Any:
+    value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return getattr(value, "value", value)  # enums as their names
