@@ -199,7 +199,7 @@ def _value_text(value: Any) -> str:
 
 
 def _cell(text: str | None) -> str:
-    return (text or "").replace("|", "\\|").replace("\n", " ")
+    return (text or "").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("_", "\\_").replace("*", "\\*").replace("\n", " ")
 
 
 def _get(tree: Any, path: str) -> tuple[bool, Any]:
