@@ -164,16 +164,25 @@ def evaluate_command(bench: BenchSet, checkpoint: Path, report: Path) -> str:
     return command + f" data.root={shlex.quote(str(bench.test_root))} 'data.splits.val={{images:images,masks:masks,list:null}}'"
 
 
+def run_logged(command: str, log: Path) -> float:
+    """``run_command``, its failure told by the last line the command wrote and the log's path."""
+    try:
+        return run_command(command, log)
+    except SystemExit:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+        raise SystemExit(f"{command.split()[1]}: {lines[-1].strip() if lines else 'failed'} (log: {log})") from None
+
+
 def run_product(bench: BenchSet, minutes: float, weights: str, work: Path, extra_text: str) -> dict:
     name = f"{bench.name}_product"
     logs = work / "logs"
     command = product_command(bench, minutes, weights, work / "experiments", name, expand_extra(extra_text, bench))
     print(f"$ {command}", flush=True)
-    wall = run_command(command, logs / f"{name}_train.log")
+    wall = run_logged(command, logs / f"{name}_train.log")
     run_dir = work / "experiments" / name
     report = work / "eval" / f"{name}.json"
     report.parent.mkdir(exist_ok=True)
-    run_command(evaluate_command(bench, run_dir / "best.pth", report), logs / f"{name}_evaluate.log")
+    run_logged(evaluate_command(bench, run_dir / "best.pth", report), logs / f"{name}_evaluate.log")
     return {**quality.read_product_run(run_dir, report, bench.classes), "wall_s": wall, "command": command}
 
 
