@@ -63,7 +63,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..data.cache import DecodedStore, available_memory
-from ..data.fingerprint import FINGERPRINT_FORMATS, Fingerprint, take_fingerprint
+from ..data.fingerprint import FINGERPRINT_FORMATS, Fingerprint, fits_in_memory, take_fingerprint
 from ..devices import resolve_device
 from ..errors import EffdetsegError
 
@@ -355,9 +355,9 @@ def choose_ema_and_validation(plan: TrainingPlan, fp: Fingerprint, machine: Mach
     plan.set("validation.epoch_step", every, f"validating costs ≤ {int(100 * VALIDATION_SHARE)} % of the training compute")
 
 
-def choose_cache(plan: TrainingPlan, fp: Fingerprint, store: DecodedStore | None) -> None:
+def choose_cache(plan: TrainingPlan, fp: Fingerprint, fits: bool) -> None:
     mib = fp.decoded_bytes / 2**20
-    if store is not None:
+    if fits:
         plan.set("data.cache", "ram", f"{mib:.0f} MiB decoded fit in memory: decoded once, for the fingerprint and training")
     else:
         plan.set("data.cache", "none", f"{mib:.0f} MiB decoded would not fit in memory: read per step")
@@ -390,8 +390,8 @@ def plan_training(cfg: DictConfig, overrides: Sequence[str], *, decode: bool = T
         batch = choose_batch(plan, fingerprint, machine)
         choose_optimization(plan, pretrained_backbone(cfg))
         choose_ema_and_validation(plan, fingerprint, machine, minutes, batch, crop, int(cfg.train.num_epochs))
-        if decode:
-            choose_cache(plan, fingerprint, store)
+        fits = store is not None if decode else fits_in_memory(fingerprint.decoded_bytes, machine.processes)
+        choose_cache(plan, fingerprint, fits)
     _apply(cfg, plan.settings, keys)
     plan.settings = [s if not overridden(s.key, keys) else Setting(s.key, _plain(OmegaConf.select(cfg, s.key)), s.why, "yours")
                      for s in plan.settings]
