@@ -454,3 +454,127 @@ def test_predict_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path:
     assert cli(argv) == 2
     one_error_line(capsys, "predict", str(out / "photo_mask.png"), "No space left on device", "unchanged")
     assert snapshot(tmp_path) == before  # the earlier outputs are whole, no temporary file is left
+
+
+# ----------------------------------------------------------------------------- round 4: one line each
+
+
+def test_data_check_bad_worker_counts_are_one_line(capsys) -> None:
+    for value in ("-3", "abc", "1.5"):
+        assert cli(["data", "check", f"data.num_workers={value}", "data.train_samples=4", "data.val_samples=2"]) == 2
+        one_error_line(capsys, "data", "data.num_workers", value)
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--threads", "-1"], ["--threads", "-1"]),
+        (["--threads", "0"], ["--threads", "0"]),
+        (["--num-classes", "0"], ["--num-classes", "0"]),
+        (["--num-classes", "-3"], ["--num-classes", "-3"]),
+    ],
+)
+def test_benchmark_bad_counts_are_one_line(capsys, argv: list[str], names: list[str]) -> None:
+    assert cli(["benchmark", "--resolution", "64", "--iters", "1", "--warmup", "0", *argv]) == 2
+    one_error_line(capsys, "benchmark", *names)
+
+
+def test_train_threads_beyond_the_cores(tmp_path: Path, capsys, monkeypatch) -> None:
+    from effdetseg.engine import loaders
+
+    monkeypatch.setattr(loaders, "available_cores", lambda: 2)
+    plan = loaders.plan_cpu(torch.device("cpu"), 3, 0, cached=True)
+    assert plan.threads == 3 and "warning: more threads than the 2 core(s)" in plan.why
+    assert "warning" not in loaders.plan_cpu(torch.device("cpu"), 2, 0, cached=True).why
+    experiments = tmp_path / "experiments"
+    for overrides, names in [
+        (["train.threads=100000"], ["train.threads=100000", "2 core(s)", "train.threads=auto"]),
+        (["train.max_minutes=1e308"], ["train.max_minutes=1e+308", "train.max_minutes=null"]),
+        (["data.num_workers=-3"], ["data.num_workers", "-3"]),
+    ]:
+        assert cli(["train", *TINY, f"experiments_dir={experiments}", "experiment_name=run", *overrides]) == 2, overrides
+        one_error_line(capsys, "train", *names)
+        assert not (experiments / "run").exists()
+
+
+def test_records_that_lie_are_one_line_naming_the_record(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    image = photo(tmp_path / "photo.jpg")
+    payload = torch.load(checkpoint, weights_only=True)
+    cases = [
+        ("size", ("preprocessing", "size", [100000, 100000]), ["record preprocessing.size", "100000×100000", "8192"]),
+        ("mean", ("preprocessing", "mean", [float("nan"), 0.4, 0.4]), ["record preprocessing.mean", "finite"]),
+        ("std", ("preprocessing", "std", [0.2, float("inf"), 0.2]), ["record preprocessing.std", "finite"]),
+        ("classes", ("architecture", "num_classes", 3), ["6 classes", "the model 3"]),
+    ]
+    for name, (section, key, value), names in cases:
+        changed = {**payload, "record": {**payload["record"], section: {**payload["record"][section], key: value}}}
+        path = tmp_path / f"{name}.pth"
+        torch.save(changed, path)
+        assert cli(["predict", "--data", str(image), "--checkpoint", str(path), "--output", str(tmp_path / name)]) == 2, name
+        line = one_error_line(capsys, "predict", str(path), *names)
+        assert "--batch-size" not in line
+        assert not (tmp_path / name).exists()
+
+
+@pytest.mark.slow
+def test_an_exported_record_whose_classes_differ_from_the_network_is_one_line(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    import json
+
+    import onnx
+
+    exported = tmp_path / "tiny.onnx"
+    assert cli(["export", "--checkpoint", str(checkpoint), "--output", str(exported), "--resolution", "64"]) == 0
+    model = onnx.load(str(exported))
+    for prop in model.metadata_props:
+        if prop.key == "effdetseg_record":
+            record = json.loads(prop.value)
+            record["architecture"]["num_classes"] = 3
+            prop.value = json.dumps(record)
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(model, str(tampered))
+    capsys.readouterr()
+    image = photo(tmp_path / "photo.jpg")
+    assert cli(["predict", "--data", str(image), "--checkpoint", str(tampered), "--output", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, "predict", str(tampered), "3 classes", "outputs 6")
+
+
+def _predict_in_a_process(model: Path, image: Path, output: Path, *extra: str) -> tuple[int, list[str]]:
+    """predict in its own process, with a timeout: a model file that hangs the read must not hang the tests."""
+    proc = subprocess.run([sys.executable, "-m", "effdetseg", "predict", "--data", str(image), "--checkpoint", str(model),
+                           "--output", str(output), *extra], capture_output=True, text=True, timeout=120, cwd=REPO)
+    return proc.returncode, [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def test_model_files_that_are_fifos_or_links_out_of_their_folder_are_refused(tmp_path: Path) -> None:
+    image = photo(tmp_path / "photo.jpg")
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    code, err = _predict_in_a_process(fifo, image, tmp_path / "out")
+    assert code == 2 and len(err) == 1 and str(fifo) in err[0] and "not a regular file" in err[0], err
+
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("the OpenVINO IR cases need the optional extra effdetseg[openvino]")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.xml").write_text("<net name='x' version='11'><layers/></net>")
+    cases = []
+    ir = tmp_path / "fifo-ir"
+    ir.mkdir()
+    (ir / "model.xml").write_text("<net name='x' version='11'><layers/></net>")
+    os.mkfifo(ir / "model.bin")
+    cases.append((ir, ir / "model.bin", "not a regular file"))
+    ir = tmp_path / "device-ir"
+    ir.mkdir()
+    (ir / "model.xml").write_text("<net name='x' version='11'><layers/></net>")
+    (ir / "model.bin").symlink_to("/dev/zero")
+    cases.append((ir, ir / "model.bin", "outside the model's folder"))
+    ir = tmp_path / "linked-ir"
+    ir.mkdir()
+    (ir / "model.xml").symlink_to(elsewhere / "secret.xml")
+    cases.append((ir, ir / "model.xml", "outside the model's folder"))
+    for folder, named, why in cases:
+        code, err = _predict_in_a_process(folder, image, tmp_path / "out")
+        assert code == 2 and len(err) == 1 and str(named) in err[0] and why in err[0], (folder, err)
+    assert not (tmp_path / "out").exists()

@@ -127,6 +127,9 @@ def coverage_problems(pixels: np.ndarray, names: list[str] | tuple[str, ...], sp
 
 def check_dataset(data_cfg: DictConfig, splits: tuple[str, ...] = ("train", "val"), progress: bool = False) -> list[SplitReport]:
     """One report per split; a train/val id overlap is a problem of the val split."""
+    value = data_cfg.get("num_workers", 0)
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise EffdetsegError(f"data.num_workers must be auto or an integer of at least 0, got {value!r}")
     workers = scan_workers(data_cfg)
     reports = [check_split(data_cfg, split, workers, progress) for split in splits]
     by_name = {r.name: r for r in reports}

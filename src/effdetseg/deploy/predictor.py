@@ -256,14 +256,25 @@ class Predictor:
         record = export_record(self._run.metadata, path)
         if record is not None:
             check_segmentation(record, path)
-        self.num_classes = record.architecture.num_classes if record is not None else self._probe_num_classes()
+        channels = self._output_channels()
+        if record is not None and channels != record.architecture.num_classes:
+            raise EffdetsegError(
+                f"{path}: the record says {record.architecture.num_classes} classes (architecture.num_classes), but the network "
+                f"outputs {channels}; the file was changed after export: export the checkpoint again"
+            )
+        self.num_classes = channels
         if num_classes is not None and num_classes != self.num_classes:
             raise EffdetsegError(f"{path}: the exported model has {self.num_classes} classes, but num_classes is {num_classes}")
         return record, None
 
-    def _probe_num_classes(self) -> int:
+    def _output_channels(self) -> int:
+        """The exported network's classes: as its graph states them, else from one small forward pass."""
+        runner = self._run.runner(self.choice.candidates[0]) if isinstance(self._run, AutoRunner) else self._run
+        stated = getattr(runner, "output_channels", lambda: None)()
+        if stated is not None:
+            return int(stated)
         with torch.inference_mode():
-            return int(self._run(torch.zeros(1, 3, 64, 64)).shape[1])
+            return int(runner(torch.zeros(1, 3, 64, 64)).shape[1])
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Network logits (B×C×h×w, float32) of an already preprocessed batch."""

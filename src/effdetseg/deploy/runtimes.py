@@ -150,6 +150,8 @@ class OnnxRunner:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not isinstance(path, bytes):
+            check_model_files(Path(path))
         source = path if isinstance(path, bytes) else str(path)
         try:
             self.session = ort.InferenceSession(source, options, providers=providers)
@@ -162,6 +164,11 @@ class OnnxRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})[:1]
         return torch.from_numpy(logits).float()
+
+    def output_channels(self) -> int | None:
+        """The logits' channels (classes) as the graph states them (None: not stated)."""
+        shape = self.session.get_outputs()[0].shape
+        return shape[1] if len(shape) > 1 and isinstance(shape[1], int) else None
 
 
 class OpenVinoRunner:
@@ -181,10 +188,12 @@ class OpenVinoRunner:
         ov = require_openvino()
         self.core = ov.Core()
         self.what = name or (str(source) if isinstance(source, (str, Path)) else "the network")
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            path = path / OPENVINO_XML if path.is_dir() else path
+            check_model_files(path)  # before OpenVINO parses or reads anything
         try:
             if isinstance(source, (str, Path)):
-                path = Path(source)
-                path = path / OPENVINO_XML if path.is_dir() else path
                 model = self.core.read_model(str(path))
             elif isinstance(source, bytes):
                 model = self.core.read_model(source, b"")  # ONNX bytes (the frontend is picked from the content)
@@ -228,6 +237,13 @@ class OpenVinoRunner:
         request.infer({0: array})
         # copy: the request reuses its output buffer on the next call
         return torch.from_numpy(request.get_output_tensor(0).data.copy()).float()
+
+    def output_channels(self) -> int | None:
+        """The logits' channels (classes) as the graph states them (None: not stated)."""
+        shape = self.model.outputs[0].get_partial_shape()
+        if shape.rank.is_static and shape.rank.get_length() > 1 and shape[1].is_static:
+            return int(shape[1].get_length())
+        return None
 
 
 class AutoRunner:
@@ -307,6 +323,26 @@ class AutoRunner:
                 self.log(self.note)
         self.backend = self.chosen[shape]
         return self.runners[self.backend](x)
+
+
+def check_model_files(path: Path) -> None:
+    """Before a runtime opens an exported file: it and, for an OpenVINO IR, its weights
+    (``NAME.bin`` beside ``NAME.xml``) are regular files in the model's own folder. A FIFO or a
+    device would hang the read or never end it, and a link out of the folder would make the
+    runtime parse whatever file it points to; each is one line naming the file."""
+    files = [path]
+    if path.suffix.lower() == ".xml":
+        files.append(path.with_suffix(".bin"))
+    folder = path.parent.resolve()
+    for file in files:
+        if file.is_symlink() and file.resolve().parent != folder:
+            raise EffdetsegError(f"{file}: a link to {file.resolve()}, outside the model's folder {folder}; copy the file there instead")
+        if not file.exists():
+            if file is path:
+                raise EffdetsegError(f"{file}: model file not found")
+            continue  # a missing .bin: the runtime names it
+        if not file.is_file():
+            raise EffdetsegError(f"{file}: not a regular file (a FIFO, a device or a folder); a model file is read whole")
 
 
 def _first_line(error: Exception) -> str:

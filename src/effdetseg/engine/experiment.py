@@ -20,11 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from ..configs.compose import compose
 from ..errors import EffdetsegError
 from ..io.files import atomic_write, write_error, write_text_atomic
+from .loaders import check_counts
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 LOG = "train.log"
 TENSORBOARD = "tensorboard"
+MAX_MINUTES = 366 * 24 * 60  # train.max_minutes: a larger budget is a typo (1e308 would overflow to infinity)
 
 
 def create_experiment_dir(cfg: DictConfig) -> Path:
@@ -259,10 +261,14 @@ def check_train_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
             raise EffdetsegError(f"{key} must be auto or an integer of at least {least}, got {value!r}")
+    check_counts(cfg.train.threads, cfg.data.num_workers)
     for key in ("train.clip_grad_norm", "train.max_minutes"):
         value = OmegaConf.select(cfg, key)
         if value is not None and value <= 0:
             raise EffdetsegError(f"{key} must be a positive number or null, got {value}")
+    if cfg.train.max_minutes is not None and cfg.train.max_minutes > MAX_MINUTES:
+        raise EffdetsegError(f"train.max_minutes={cfg.train.max_minutes:g} is more than a year ({MAX_MINUTES} minutes); "
+                             "for no time limit use train.max_minutes=null")
     if cfg.train.decoder_lr_scale <= 0:
         raise EffdetsegError(f"train.decoder_lr_scale must be positive (the decoder's lr = lr × this), got {cfg.train.decoder_lr_scale}")
     if cfg.train.freeze_backbone_stride not in (0, 2, 4, 8, 16, 32):

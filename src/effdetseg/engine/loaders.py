@@ -50,6 +50,28 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def thread_limit(cores: int) -> int:
+    """More compute threads than this is a typo, not a plan (each thread's stack and the pool's
+    start-up alone would cost more than the run): 8 per core, at least 64."""
+    return max(64, 8 * cores)
+
+
+def check_counts(threads: object, workers: object, cores: int | None = None) -> None:
+    """``train.threads`` (auto or 1 … ``thread_limit``) and ``data.num_workers`` (auto or ≥ 0):
+    one error line naming the key."""
+    cores = cores or available_cores()
+    for key, value, least in (("train.threads", threads, 1), ("data.num_workers", workers, 0)):
+        if value == AUTO:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise EffdetsegError(f"{key} must be auto or an integer of at least {least}, got {value!r}")
+    if threads != AUTO and threads > thread_limit(cores):  # type: ignore[operator]
+        raise EffdetsegError(
+            f"train.threads={threads} is far more than the {cores} core(s) of this machine (at most {thread_limit(cores)}); "
+            f"use train.threads=auto or at most {cores}"
+        )
+
+
 def plan_cpu(device: torch.device, threads: object, workers: object, cached: bool, processes_here: int = 1) -> CpuPlan:
     """``train.threads`` and ``data.num_workers`` (each ``auto`` or a number) for this process.
 
@@ -59,6 +81,7 @@ def plan_cpu(device: torch.device, threads: object, workers: object, cached: boo
     the step runs. On CUDA the host only feeds the device: up to 8 workers, one core left to the
     process that drives the GPU.
     """
+    check_counts(threads, workers)
     cores = max(1, available_cores() // max(1, processes_here))
     if device.type == "cuda":
         auto_threads, auto_workers = min(cores, 4), min(8, max(1, cores - 1))
@@ -69,6 +92,9 @@ def plan_cpu(device: torch.device, threads: object, workers: object, cached: boo
                else "one worker decodes while the step computes"]
     if threads != AUTO:
         why.append(f"train.threads={threads}")
+        if int(threads) > cores:  # type: ignore[call-overload]
+            why.append(f"warning: more threads than the {cores} core(s) of this process, which they share in turns "
+                       f"(slower than train.threads=auto)")
     if workers != AUTO:
         why.append(f"data.num_workers={workers}")
     return CpuPlan(

@@ -28,6 +28,7 @@ DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes are removed here a
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -669,14 +670,24 @@ def _as_size(resolution: int | Sequence[int]) -> tuple[int, int] | None:
     return height, width
 
 
+# The largest input side a record may ask for: 8192² pixels (67 M, under PIL's decompression-bomb
+# limit) is far above any training size; a larger one would make every prediction allocate
+# gigabytes for the resized image before failing, and the error would blame the batch size.
+MAX_INPUT_SIDE = 8192
+
+
 def _checked_size(value: Any, what: str) -> tuple[int, int]:
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        if max(value) > MAX_INPUT_SIDE:
+            raise EffdetsegError(f"{what}: {value[0]}×{value[1]} is larger than any network input (at most {MAX_INPUT_SIDE} per side)")
         return int(value[0]), int(value[1])
     raise EffdetsegError(f"{what}: expected [height, width] of positive integers, got {value!r}")
 
 
 def _three_floats(value: Any, what: str, positive: bool = False) -> tuple[float, float, float]:
     if isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if not all(math.isfinite(v) for v in value):  # NaN would make every prediction NaN, argmax class 0
+            raise EffdetsegError(f"{what}: expected 3 finite numbers, got {value!r}")
         if not positive or all(v > 0 for v in value):
             return (float(value[0]), float(value[1]), float(value[2]))
     raise EffdetsegError(f"{what}: expected 3 numbers{' > 0' if positive else ''}, got {value!r}")
