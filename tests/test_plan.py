@@ -202,3 +202,21 @@ def test_train_follows_the_plan_on_mixed_real_world_files(tmp_path):
     record = read_model_file(run / "best.pth").record
     assert record.labels.names == ("background", "spot", "stripe")
     assert record.provenance.config["plan"]["settings"]
+
+
+def test_a_dominant_class_gets_one_crop_in_three_centred_on_another(tmp_path):
+    from dataclasses import replace
+
+    from effdetseg.engine.plan import Machine, TrainingPlan, choose_scale_and_crop
+
+    root = write_folder(tmp_path / "d", [(64, 64)] * 4)
+    cfg = compose(["data=folder", f"data.root={root}", "data.val_fraction=0.25"])
+    fingerprint, _ = take_fingerprint(cfg.data, cache=False)
+    cpu = Machine("cpu", 2, None)
+    for shares, oversampled in (((0.9, 0.05, 0.05), True), ((0.5, 0.3, 0.2), False)):
+        plan = TrainingPlan(None, cpu, 10.0)
+        choose_scale_and_crop(plan, replace(fingerprint, class_pixels=shares), cpu)
+        crop = plan.value("data.augmentation.train")[2]
+        assert (crop["_target_"] == "albumentations.OneOf") == oversampled
+        if oversampled:
+            assert crop["transforms"][1]["ignore_values"] == [0, 255] and "1 crop in 3" in plan.format()
