@@ -578,3 +578,16 @@ def test_model_files_that_are_fifos_or_links_out_of_their_folder_are_refused(tmp
         code, err = _predict_in_a_process(folder, image, tmp_path / "out")
         assert code == 2 and len(err) == 1 and str(named) in err[0] and why in err[0], (folder, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_two_images_of_one_stem_in_a_training_folder_are_named(folder_data: Path, tmp_path: Path, capsys) -> None:
+    photo(folder_data / "images" / "s2.jpg", seed=9, size=(64, 64))  # beside s2.png: which one has the mask?
+    overrides = ["data=folder", *folder_overrides(folder_data, workers=0)]
+    assert cli(["data", "check", *overrides, "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "2 files share the id s2 (s2.jpg, s2.png)" in out
+    experiments = tmp_path / "experiments"
+    argv = ["train", *TINY_RUN, *overrides, "train.model.backbone_pretrained=false", f"experiments_dir={experiments}", "experiment_name=run"]
+    assert cli(argv) == 2
+    one_error_line(capsys, "train", "s2.jpg", "s2.png", "rename")
+    assert not (experiments / "run").exists()

@@ -37,12 +37,17 @@ def read_id_list(path: Path, key: str) -> list[str]:
     return [Path(i).stem if "/" in i or Path(i).suffix.lower() in known else i for i in ids]
 
 
-def _index_by_stem(directory: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+def _index_by_stem(directory: Path, extensions: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """(stem → file, stem → every file of a stem that more than one file has: ``a.jpg`` and ``a.png``)."""
     found: dict[str, Path] = {}
+    shared: dict[str, list[Path]] = {}
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."):
-            found.setdefault(p.stem, p)
-    return found
+            if p.stem in found:
+                shared.setdefault(p.stem, [found[p.stem]]).append(p)
+            else:
+                found[p.stem] = p
+    return found, shared
 
 
 def find_pairs(
@@ -56,7 +61,8 @@ def find_pairs(
 
     With a list, every listed id must have an image and a mask (a missing one is a problem naming
     the id). Without one, images are paired with masks by file stem; an image without a mask is a
-    problem, a mask without an image is ignored.
+    problem, a mask without an image is ignored. Two images (or masks) of one stem (``a.jpg`` and
+    ``a.png``) are a problem naming both: neither is dropped unseen.
     """
     for field in ("images", "masks"):
         if not split_cfg.get(field):
@@ -66,8 +72,8 @@ def find_pairs(
         raise EffdetsegError(f"{key}.images: {image_dir} is not a directory")
     if not mask_dir.is_dir():
         raise EffdetsegError(f"{key}.masks: {mask_dir} is not a directory")
-    images = _index_by_stem(image_dir, image_extensions)
-    masks = _index_by_stem(mask_dir, mask_extensions)
+    images, shared_images = _index_by_stem(image_dir, image_extensions)
+    masks, shared_masks = _index_by_stem(mask_dir, mask_extensions)
 
     list_file = split_cfg.get("list")
     if list_file:
@@ -80,7 +86,11 @@ def find_pairs(
     samples, problems = [], []
     for sample_id in ids:
         image, mask = images.get(sample_id), masks.get(sample_id)
-        if image is None:
+        shared = shared_images.get(sample_id) or shared_masks.get(sample_id)
+        if shared:  # which one the id means is not for us to guess (one of them would be left out unseen)
+            names = ", ".join(p.name for p in shared)
+            problems.append(f"{shared[0].parent}: {len(shared)} files share the id {sample_id} ({names}); rename or remove all but one")
+        elif image is None:
             problems.append(f"{image_dir}: no image for id {sample_id}")
         elif mask is None:
             problems.append(f"{mask_dir}: no mask for id {sample_id} (image {image.name})")
