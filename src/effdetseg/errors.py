@@ -1,4 +1,5 @@
-"""The one exception type the command line turns into a single clear error line."""
+"""The one exception type the command line turns into a single clear error line, and the one way
+another exception becomes part of such a line (``first_line``)."""
 from __future__ import annotations
 
 
@@ -21,3 +22,15 @@ class EffdetsegError(Exception):
         header = f"\n{cls.__module__}.{cls.__qualname__}: "
         start = text.rfind(header)
         return text[start + len(header):].strip() if start >= 0 else text
+
+
+def first_line(error: BaseException, *, with_type: bool = False) -> str:
+    """The first line of ``error``'s message, for an error line that names what went wrong below
+    it (parsers, constructors and libraries write tracebacks or multi-line reports); the type's
+    name when the message is empty. ``with_type``: ``"TypeName: first line"``, where the message
+    alone would not say what failed (a network or download error)."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0]
+    return f"{type(error).__name__}: {line}" if with_type else line

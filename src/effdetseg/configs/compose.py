@@ -26,17 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+# Private API (as are nodes' _get_node, _metadata, _is_none below): pyproject.toml bounds omegaconf to 2.3.x.
 from omegaconf._utils import _resolve_optional
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
-    InterpolationResolutionError,
     MissingMandatoryValue,
     OmegaConfBaseException,
-    ValidationError,
 )
 
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 from .schema import DATA_SCHEMAS, TARGET_NODES, schema
 from .targets import allow_targets, check_targets
 
@@ -121,7 +120,7 @@ def load_yaml(path: str | Path) -> DictConfig:
     except FileNotFoundError:
         raise EffdetsegError(f"{path}: config not found") from None
     except Exception as e:
-        raise EffdetsegError(f"{path}: not a readable YAML config ({_first_line(e)})") from None
+        raise EffdetsegError(f"{path}: not a readable YAML config ({first_line(e)})") from None
     if not isinstance(cfg, DictConfig):
         raise EffdetsegError(f"{path}: expected a mapping at the top level")
     return cfg
@@ -147,9 +146,7 @@ def config_error(error: OmegaConfBaseException, key: str | None = None, cfg: Dic
         return f"unknown key '{where}'{hint}"
     if isinstance(error, MissingMandatoryValue):
         return f"{where}: no value is set"
-    if isinstance(error, (ValidationError, InterpolationResolutionError)):
-        return f"{where}: {_first_line(error)}"
-    return f"{where}: {_first_line(error)}"
+    return f"{where}: {first_line(error)}"
 
 
 # ----------------------------------------------------------------------------- internals
@@ -162,7 +159,7 @@ def _parse(text: str) -> Override:
     try:
         (parsed,) = OverridesParser.create().parse_overrides([text])
     except HydraException as e:
-        raise EffdetsegError(f"cannot parse override {text!r} ({_first_line(e)}); the grammar is key=value, +key=value, ~key, group=option") from None
+        raise EffdetsegError(f"cannot parse override {text!r} ({first_line(e)}); the grammar is key=value, +key=value, ~key, group=option") from None
     if parsed.is_sweep_override() or parsed.package is not None:
         raise EffdetsegError(f"{text}: sweeps and @package overrides are not supported here")
     kind = "delete" if parsed.is_delete() else "force_add" if parsed.is_force_add() else "add" if parsed.is_add() else "set"
@@ -181,7 +178,7 @@ def _hydra_compose(choices: list[str]) -> DictConfig:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=choices)
     except (HydraException, OmegaConfBaseException) as e:  # a broken package config, not user input
-        raise EffdetsegError(f"the package configs do not compose: {_first_line(e)}") from None
+        raise EffdetsegError(f"the package configs do not compose: {first_line(e)}") from None
     OmegaConf.set_struct(cfg, False)
     return cfg
 
@@ -289,8 +286,3 @@ def _suggestion(cfg: DictConfig, key: str) -> str:
     walk(cfg, "")
     match = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
     return f" (did you mean {match[0]}?)" if match else ""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 
 # effdetseg 0.1.0 kept the training code in effdetseg.training: experiments it wrote name those.
 RENAMED_TARGETS = {
@@ -173,9 +173,7 @@ def instantiate(spec: Any, key: str, **kwargs: Any) -> Any:
             if isinstance(cause, EffdetsegError):
                 raise cause from None
             cause = cause.__cause__
-        root = e.__cause__ or e
-        message = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
-        raise EffdetsegError(f"{key} ({target}): {message}") from None
+        raise EffdetsegError(f"{key} ({target}): {first_line(e.__cause__ or e)}") from None
 
 
 def _renamed(node: Any, key: str) -> Any:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..io.record import SEGMENTATION_FAMILIES, load_weights, read_model_file
 from ..configs.targets import check_target, instantiate
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 from ..models import create_model, is_model, model_family
 from .schedulers import ScheduleKind, schedule_kind
 
@@ -50,7 +50,7 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
         if pretrained is True:
             raise EffdetsegError(
                 f"train.model.backbone_pretrained={model_cfg.get('backbone_pretrained')}: could not fetch the backbone's weights "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass a local weights file "
+                f"({first_line(e, with_type=True)}); pass a local weights file "
                 f"(train.model.backbone_pretrained=PATH) or train from scratch (train.model.backbone_pretrained=false)"
             ) from None
         raise
@@ -80,7 +80,7 @@ def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module, decoder_lr_scal
     try:
         return build(params)
     except Exception as e:
-        raise EffdetsegError(f"train.optimizer ({optimizer_cfg.get('_target_')}): {_first_line(e)}") from None
+        raise EffdetsegError(f"train.optimizer ({optimizer_cfg.get('_target_')}): {first_line(e.__cause__ or e)}") from None
 
 
 def _split_decoder_groups(groups: list[dict], backbone: nn.Module, decoder_lr: float) -> list[dict]:
@@ -134,7 +134,7 @@ def build_scheduler(
     try:
         target = get_class(name)
     except Exception as e:
-        raise EffdetsegError(f"train.scheduler._target_: {_first_line(e)}") from None
+        raise EffdetsegError(f"train.scheduler._target_: {first_line(e.__cause__ or e)}") from None
     kind = schedule_kind(target)
     if time_budget and kind.run_length and not kind.follows_time:
         raise EffdetsegError(
@@ -150,9 +150,3 @@ def build_scheduler(
 
 def steps_per_epoch(batches: int, accumulation: int) -> int:
     return math.ceil(batches / accumulation)
-
-
-def _first_line(error: BaseException) -> str:
-    cause = error.__cause__ or error
-    text = str(cause).strip()
-    return text.splitlines()[0] if text else type(cause).__name__
