@@ -1,11 +1,10 @@
 """effdetseg: semantic segmentation with EfficientDet (EfficientNet + BiFPN over P2–P7)."""
+from ._version import __version__
 from .deploy.hub import from_pretrained, save_pretrained
 from .deploy.predictor import Predictor
 from .deploy.prepare import prepare_for_inference
 from .io.record import ModelRecord, load_model, read_record, save_model
 from .models import create_model, list_models
-
-__version__ = "0.1.0"
 
 __all__ = [
     "create_model",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ._version import __version__
+
 COMMANDS = {
     "train": "train a model (Hydra overrides; default: D0 on synthetic data)",
     "evaluate": "dataset-level mIoU of a checkpoint, per-class table, optional TTA",
@@ -34,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        from . import __version__
-
         print(__version__)
         return 0
     command, rest = argv[0], argv[1:]
