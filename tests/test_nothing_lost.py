@@ -56,7 +56,7 @@ def test_reading_the_history_of_a_resume_rewrites_nothing_until_it_appends(tmp_p
 def test_a_resume_refused_by_its_spent_budget_changes_nothing_in_the_folder(tmp_path: Path, capsys) -> None:
     # Epochs far longer than the budget: the run ends inside its first epoch, whose record (with
     # the run's only validation) is after the checkpoint's last complete epoch.
-    argv = ["train", *TINY, "data.train_samples=4000", "data.val_samples=2", "data.cache=none", "validation.epoch_step=0",
+    argv = ["train", *TINY, "data.train_samples=4000", "data.val_samples=2", "data.cache=none", "validation.epoch_step=0", "train.threads=1",
             "train.max_minutes=0.4", f"experiments_dir={tmp_path}", "experiment_name=bud"]
     assert cli(argv) == 0
     run = tmp_path / "bud"
