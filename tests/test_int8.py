@@ -176,3 +176,20 @@ def test_shape_arithmetic_stays_out_of_quantization(tmp_path: Path) -> None:
     assert not {"Conv", "ConvTranspose", "Resize", "Pad"} & {kinds[name] for name in shape_nodes}
     producer = {output: node.name for node in proto.graph.node for output in node.output}
     assert producer[proto.graph.output[0].name] not in shape_nodes  # the crop of the logits reads activations
+
+
+def test_the_export_says_when_int8_does_not_pay() -> None:
+    from effdetseg.commands.export import int8_speed_lines
+    from effdetseg.deploy.benchmark import Timing
+
+    def timings(eager: float, fp32: float, int8: float) -> dict[str, Timing]:
+        return {name: Timing(name, ms, (ms,)) for name, ms in
+                (("eager fp32", eager), ("openvino fp32", fp32), ("openvino int8", int8))}
+
+    lines = int8_speed_lines(timings(20.0, 10.0, 8.0), "openvino", "1×3×512×512")
+    assert lines == ["INT8 speed-up over eager PyTorch fp32: 2.50×; over openvino fp32: 1.25×"]
+    # The default model's record predicts at 128²: INT8's fixed costs dominate there.
+    lines = int8_speed_lines(timings(10.0, 8.0, 14.5), "openvino", "1×3×128×128")
+    assert len(lines) == 2 and lines[0].startswith("INT8 speed-up over eager PyTorch fp32: 0.69×")
+    assert lines[1] == ("warning: on this machine at 1×3×128×128 the INT8 model (14.5 ms) is slower than eager PyTorch fp32 "
+                        "(10.0 ms) and openvino fp32 (8.0 ms); predict with the faster one unless the smaller file matters")

@@ -247,7 +247,22 @@ def _time_int8(args: argparse.Namespace, reference: Any, image: Any, backend: st
     shape = "×".join(str(v) for v in x.shape)
     print(f"latency at {shape}, {args.threads} threads, median of {args.timing_rounds} alternating passes:")
     print(timing_table(timings))
-    print(f"INT8 speed-up over eager PyTorch fp32: {timings[f'{backend} int8'].speedup_over(timings['eager fp32']):.2f}×")
+    for line in int8_speed_lines(timings, backend, shape):
+        print(line)
+
+
+def int8_speed_lines(timings: dict[str, Any], backend: str, shape: str) -> list[str]:
+    """The INT8 model's speed against fp32 (eager PyTorch and its own runtime) at the record's input
+    size on this machine, and one warning line when it is slower than either: INT8's fixed costs
+    (quantize/dequantize around the float layers) can outweigh its gains at small inputs."""
+    int8, eager, fp32 = timings[f"{backend} int8"], timings["eager fp32"], timings[f"{backend} fp32"]
+    lines = [f"INT8 speed-up over eager PyTorch fp32: {int8.speedup_over(eager):.2f}×; over {backend} fp32: {int8.speedup_over(fp32):.2f}×"]
+    slower = [f"{name} ({timing.median_ms:.1f} ms)" for name, timing in (("eager PyTorch fp32", eager), (f"{backend} fp32", fp32))
+              if timing.median_ms < int8.median_ms]
+    if slower:
+        lines.append(f"warning: on this machine at {shape} the INT8 model ({int8.median_ms:.1f} ms) is slower than "
+                     f"{' and '.join(slower)}; predict with the faster one unless the smaller file matters")
+    return lines
 
 
 def _format_from_suffix(output: str | None) -> str:
