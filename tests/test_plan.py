@@ -103,6 +103,15 @@ def test_mask_values_beyond_the_labels_file_stop_naming_a_mask(tmp_path):
         take_fingerprint(cfg.data, cache=False)
 
 
+def test_a_mask_without_an_image_is_named_and_skipped(tmp_path):
+    root = write_folder(tmp_path / "d", [(64, 64)] * 4)
+    Image.new("L", (64, 64)).save(root / "masks" / "orphan.png")
+    cfg = compose(["data=folder", f"data.root={root}", "data.val_fraction=0.25"])
+    fingerprint, _ = take_fingerprint(cfg.data, cache=False)
+    assert fingerprint.train_images + fingerprint.val_images == 4
+    assert any("orphan.png: mask(s) without an image" in note for note in fingerprint.notes)
+
+
 def test_an_image_without_a_mask_is_named(tmp_path):
     root = write_folder(tmp_path / "d", [(64, 64)] * 4)
     Image.new("RGB", (64, 64)).save(root / "images" / "lonely.png")

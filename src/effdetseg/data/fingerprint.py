@@ -32,7 +32,7 @@ from .build import root_dir
 from .cache import MEMORY_HEADROOM, DecodedStore, available_memory, header_pixels
 from .datasets import Sample, SegmentationFiles
 from .folder import folder_samples, mask_reader_for
-from .files import raise_problems
+from .files import MASK_EXTENSIONS, raise_problems
 from .image_io import _open
 from .transforms import SegmentationTransform, to_container
 
@@ -175,6 +175,7 @@ def take_fingerprint(
             raise EffdetsegError(f"data={data_cfg.get('name')} split {split}: no image/mask pairs under {root_dir(data_cfg)}")
         splits[split] = samples
     everything = splits["train"] + splits["val"]
+    notes += _unpaired_masks(data_cfg, everything)
     sizes, modes = _headers([s.image for s in everything])
     pixels = [h * w for h, w in sizes]
     decoded_bytes = 4 * sum(pixels)
@@ -226,6 +227,18 @@ def take_fingerprint(
         notes=tuple(notes),
     )
     return fingerprint, store
+
+
+def _unpaired_masks(data_cfg: DictConfig, samples: list[Sample]) -> list[str]:
+    """One note naming the masks that have no image (they are not trained on)."""
+    used = {s.mask for s in samples}
+    folders = {s.mask.parent for s in samples}
+    lonely = sorted(p for folder in folders for p in folder.iterdir()
+                    if p.is_file() and p.suffix.lower() in MASK_EXTENSIONS and not p.name.startswith(".") and p not in used)
+    if not lonely or (data_cfg.get("splits") or {}).get("train", {}).get("list"):
+        return []
+    more = f" and {len(lonely) - 1} more" if len(lonely) > 1 else ""
+    return [f"{lonely[0]}{more}: mask(s) without an image, not trained on"]
 
 
 def _headers(paths: list[Path]) -> tuple[list[tuple[int, int]], Counter[str]]:
