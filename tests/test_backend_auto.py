@@ -116,3 +116,58 @@ def test_predictor_auto_measures_on_the_first_input_and_predicts_what_eager_does
     assert auto.backend in ("torch", "onnxruntime") and len(notes) == 1 and notes[0] == auto.backend_note
     assert "1×3×64×96" in notes[0] and "torch " in notes[0] and "onnxruntime " in notes[0]
     assert (labels == eager.predict(image)).mean() >= 0.999
+
+
+def test_auto_remembers_its_choice_beside_the_model_per_machine(tmp_path, monkeypatch) -> None:
+    import json
+    import os
+
+    from effdetseg.deploy import runtimes
+    from effdetseg.deploy.runtimes import ChoiceCache
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"an exported model")
+    clock, calls, notes = FakeClock(), [], []
+    costs = {"torch": lambda x: 50.0, "onnxruntime": lambda x: 20.0, "openvino": lambda x: 30.0}
+
+    def auto() -> AutoRunner:
+        return AutoRunner({n: (lambda n=n: fake_runner(clock, costs[n], 0.0, calls, n)) for n in costs},
+                          timer=clock, log=notes.append, cache=ChoiceCache(model))
+
+    x = torch.zeros(1, 3, 8, 8)
+    auto()(x)
+    cache = tmp_path / "model.onnx.auto-backend.json"
+    stored = json.loads(cache.read_text())
+    (machine, shapes), = stored["machines"].items()
+    assert shapes["1x3x8x8"]["backend"] == "onnxruntime" and "cores" in machine
+    # The next process on this machine runs the remembered choice at once: nothing measured.
+    calls.clear()
+    runner = auto()
+    runner(x)
+    assert calls == ["onnxruntime"] and runner.backend == "onnxruntime" and "remembers" in notes[-1]
+    # Another machine (another CPU, other versions): measured again, and remembered beside the first.
+    costs["openvino"] = lambda x: 5.0
+    monkeypatch.setattr(runtimes, "machine_fingerprint", lambda threads=None: "another CPU")
+    calls.clear()
+    runner = auto()
+    runner(x)
+    assert runner.backend == "openvino" and calls.count("torch") > 1
+    assert set(json.loads(cache.read_text())["machines"]) == {machine, "another CPU"}
+    # The model file replaced (a new export): measured again. A tampered entry is never trusted.
+    os.utime(model, ns=(1, 1))
+    calls.clear()
+    auto()(x)
+    assert calls.count("torch") > 1
+    cache.write_text(json.dumps({"model": "x", "machines": {"another CPU": {"1x3x8x8": {"backend": "os.system"}}}}))
+    assert ChoiceCache(model).get((1, 3, 8, 8)) is None
+    # A folder that cannot be written only means measuring each time.
+    from effdetseg.errors import EffdetsegError
+    from effdetseg.io import files
+
+    def read_only(path, text):
+        raise EffdetsegError(f"{path}: cannot write (Read-only file system)")
+
+    monkeypatch.setattr(files, "write_text_atomic", read_only)
+    runner = auto()
+    runner(torch.zeros(1, 3, 4, 4))
+    assert runner.backend == "openvino"

@@ -175,7 +175,9 @@ def test_predict_and_evaluate_with_the_openvino_backend(ir_folder: tuple[Path, s
                        "auto": ["--checkpoint", str(checkpoint), "--backend", "auto"]}.items():
         code, printed, errors = run_command(["predict", "--data", str(VAL_IMAGE), *argv, "--output", str(tmp_path / name)])
         assert code == 0, errors
-    assert "(auto: fastest measured on the CPU for input 1×3×128×128" in printed
+    # measured here, or (after an earlier test's Predictor on this file) remembered beside the checkpoint
+    assert ("(auto: fastest measured on the CPU for input 1×3×128×128" in printed
+            or "(auto: measured fastest on this machine for input 1×3×128×128, as tiny.safetensors.auto-backend.json" in printed)
     labels = {name: read_mask(tmp_path / name / f"{VAL_IMAGE.stem}_labels.png") for name in ("torch", "ir", "auto")}
     assert (labels["ir"] == labels["torch"]).mean() >= 0.999 and (labels["auto"] == labels["torch"]).mean() >= 0.999
     reports = {}

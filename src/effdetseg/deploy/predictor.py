@@ -43,6 +43,7 @@ from .inference import NO_TTA, ModelRunner, Runner, TestTimeAugmentation, prepro
 from .prepare import prepare_for_inference
 from .runtimes import (
     AutoRunner,
+    ChoiceCache,
     OnnxRunner,
     OpenVinoRunner,
     TorchScriptRunner,
@@ -150,7 +151,8 @@ class Predictor:
                 self.model = prepare_for_inference(network, self.device, channels_last=self.channels_last)
                 self._run: Runner = ModelRunner(self.model)
             elif self.choice.backend == "auto":
-                self._run = self._auto_network(network, record or ModelRecord.for_model(network))
+                cache = ChoiceCache(Path(checkpoint), self.threads) if isinstance(checkpoint, (str, Path)) else None
+                self._run = self._auto_network(network, record or ModelRecord.for_model(network), cache)
             else:
                 self._run = self._converted(network, record or ModelRecord.for_model(network), self.choice.backend)
         else:
@@ -201,7 +203,7 @@ class Predictor:
         folded, _ = fold_batchnorm(network.cpu().float().eval())
         return onnx_bytes(folded, record)
 
-    def _auto_network(self, network: nn.Module, record: ModelRecord) -> AutoRunner:
+    def _auto_network(self, network: nn.Module, record: ModelRecord, cache: ChoiceCache | None = None) -> AutoRunner:
         """``auto`` for a torch network: eager and the installed runtimes, built when first measured
         (one in-memory ONNX export shared by ONNX Runtime and OpenVINO)."""
         graph: list[bytes] = []
@@ -217,7 +219,7 @@ class Predictor:
                 factories[backend] = lambda: ModelRunner(prepare_for_inference(network, self.device, channels_last=self.channels_last))
             else:
                 factories[backend] = lambda backend=backend: converted(backend)
-        return AutoRunner(factories, log=self.log)
+        return AutoRunner(factories, log=self.log, cache=cache)
 
     def _load_file(
         self, path: Path, backend: str | None, model_name: str | None, num_classes: int | None
@@ -242,7 +244,8 @@ class Predictor:
         if self.choice.backend == "auto":
             factories = {"openvino": lambda: OpenVinoRunner(path, threads=self.threads),
                          "onnxruntime": lambda: OnnxRunner(path, self.device, threads=self.threads)}
-            self._run = AutoRunner({b: factories[b] for b in self.choice.candidates}, log=self.log)
+            self._run = AutoRunner({b: factories[b] for b in self.choice.candidates}, log=self.log,
+                                   cache=ChoiceCache(path, self.threads))
             first = self._run.runner(self.choice.candidates[0])  # onnxruntime: reads the record
             if first is None:
                 raise EffdetsegError(self._run.failed[self.choice.candidates[0]])  # names the file already

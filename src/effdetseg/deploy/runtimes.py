@@ -16,7 +16,8 @@ Backends (``--backend``):
   shape) — no fixed order holds across CPUs (issue 18's 2-core AVX2 CPU, D4 at 512²: OpenVINO 489 ms,
   ONNX Runtime 591 ms, eager 712 ms; the 2-core AMD EPYC of the openvino branch's table: ONNX Runtime
   245 ms, eager 308 ms, OpenVINO 435 ms); on CUDA eager PyTorch. The choice and the figures are
-  said in one line.
+  said in one line, and remembered beside the model file (:class:`ChoiceCache`) for this machine
+  and input shape: the next process runs that backend at once; another machine measures again.
 
 A checkpoint run by ONNX Runtime or OpenVINO is first exported to ONNX in memory (seconds); an
 OpenVINO folder runs only in OpenVINO, a TorchScript file only in TorchScript.
@@ -260,7 +261,8 @@ class AutoRunner:
 
     def __init__(self, factories: Mapping[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
                  rounds: int = 3, warmup: int = 1, settle: int = 1, log: Callable[[str], None] | None = None,
-                 timer: Callable[[], float] = time.perf_counter) -> None:
+                 timer: Callable[[], float] = time.perf_counter, cache: ChoiceCache | None = None) -> None:
+        self.cache = cache
         if not factories:
             raise EffdetsegError("--backend auto: no backend to choose from")
         self.factories = dict(factories)
@@ -311,6 +313,14 @@ class AutoRunner:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
+        if shape not in self.chosen and self.cache is not None:
+            cached = self.cache.get(shape)
+            if cached is not None and cached in self.factories and self.runner(cached) is not None:
+                self.chosen[shape] = cached
+                self.note = (f"backend {cached} (auto: measured fastest on this machine for input {'×'.join(map(str, shape))}, "
+                             f"as {self.cache.path.name} beside the model remembers)")
+                if self.log is not None:
+                    self.log(self.note)
         if shape not in self.chosen:
             medians = self.measure(x)
             best = min(medians, key=medians.__getitem__)
@@ -319,10 +329,83 @@ class AutoRunner:
             left_out = "".join(f"; {name} left out: {why}" for name, why in self.failed.items())
             self.note = (f"backend {best} (auto: fastest measured on the CPU for input {'×'.join(map(str, shape))}, "
                          f"median of {self.rounds}: {figures}{left_out})")
+            if self.cache is not None:
+                self.cache.put(shape, best, medians)
             if self.log is not None:
                 self.log(self.note)
         self.backend = self.chosen[shape]
         return self.runners[self.backend](x)
+
+
+class ChoiceCache:
+    """What ``--backend auto`` measured for a model file, kept beside it (``NAME.auto-backend.json``;
+    in a model folder ``auto-backend.json``) so that the next process runs the fastest backend at
+    once: per machine (CPU, cores, thread setting, runtime versions) and per input shape, for this
+    version of the file (its size and time of change). Another machine, another file or an edited
+    entry is measured again. Reading and writing never fail a prediction: a folder that cannot be
+    written only means measuring each time."""
+
+    def __init__(self, model: Path, threads: int | None = None) -> None:
+        self.path = model / "auto-backend.json" if model.is_dir() else model.with_name(f"{model.name}.auto-backend.json")
+        weights = [model / name for name in (OPENVINO_BIN, "model.safetensors")] if model.is_dir() else [model]
+        stat = next((w for w in weights if w.is_file()), model).stat()
+        self.model_version = f"{stat.st_size}:{stat.st_mtime_ns}"
+        self.machine = machine_fingerprint(threads)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            if self.path.is_symlink() or not self.path.is_file() or self.path.stat().st_size > 1 << 20:
+                return {}
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, shape: tuple[int, ...]) -> str | None:
+        data = self._read()
+        if data.get("model") != self.model_version:
+            return None
+        entry = data.get("machines", {}).get(self.machine, {}) if isinstance(data.get("machines"), dict) else {}
+        choice = entry.get("x".join(map(str, shape))) if isinstance(entry, dict) else None
+        backend = choice.get("backend") if isinstance(choice, dict) else None
+        return backend if backend in BACKENDS else None
+
+    def put(self, shape: tuple[int, ...], backend: str, medians: Mapping[str, float]) -> None:
+        from ..io.files import write_text_atomic
+
+        data = self._read()
+        if data.get("model") != self.model_version or not isinstance(data.get("machines"), dict):
+            data = {"model": self.model_version, "machines": {}}
+        machine = data["machines"].setdefault(self.machine, {})
+        if not isinstance(machine, dict):
+            machine = data["machines"][self.machine] = {}
+        machine["x".join(map(str, shape))] = {"backend": backend, "median_ms": {k: round(v, 3) for k, v in medians.items()}}
+        try:
+            write_text_atomic(self.path, json.dumps(data, indent=1) + "\n")
+        except Exception:  # noqa: BLE001 - a read-only folder: measured again next time
+            pass
+
+
+def machine_fingerprint(threads: int | None = None) -> str:
+    """What makes a measured choice of backend valid elsewhere: the CPU, the cores this process may
+    use, the thread setting and the versions of the runtimes."""
+    import importlib.metadata
+    import os
+    import platform
+
+    from .benchmark import cpu_name
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    versions = []
+    for package in ("torch", "onnxruntime", "openvino"):
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return f"{cpu_name()} ({platform.machine()}), {cores} cores, threads {threads or 'default'}, {', '.join(versions)}"
 
 
 def check_model_files(path: Path) -> None:
