@@ -36,7 +36,7 @@ TINY_RUN = [
     "train.model.backbone=mobilenetv3_small_050", "+train.model.overrides.bifpn_channels=16",
     "+train.model.overrides.head_channels=16", "data.batch_size=2", "data.num_workers=0",
     "data.preprocessing.resize_height=64", "data.preprocessing.resize_width=64",
-    "train.progress=false", "train.num_epochs=1", "validation.grid_images=1",
+    "train.progress=false", "train.num_epochs=1", "validation.grid_images=1", "train.model.backbone_pretrained=false",
 ]
 TINY = [*TINY_RUN, "data.train_samples=4", "data.val_samples=2"]  # on the synthetic data
 
