@@ -69,3 +69,38 @@ def test_a_cache_that_does_not_fit_is_one_line(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(cache_module, "available_memory", lambda: 10**12)
     cached = cache_datasets(datasets)
     assert set(cached) == {"train", "val"} and all(isinstance(d, CachedDataset) for d in cached.values())
+
+
+PEAK_SCRIPT = """
+import resource, sys
+from effdetseg.configs.compose import compose
+from effdetseg.data import build_dataset
+from effdetseg.data.cache import cache_datasets, estimated_bytes
+cfg = compose(["data=folder", "data.root=" + sys.argv[1], "data.num_classes=3", "data.val_fraction=0.25"]).data
+sets = {"train": build_dataset(cfg, "train"), "val": build_dataset(cfg, "val")}
+estimate = sum(estimated_bytes(d) for d in sets.values())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+cached = cache_datasets(sets, threads=2)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(estimate, after - before)
+"""
+
+
+@pytest.mark.slow
+def test_the_peak_of_a_cache_of_large_images_stays_near_its_estimate(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "big"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    gradient = np.linspace(0, 255, 2000, dtype=np.uint8)
+    for i in range(12):
+        image = np.dstack([np.tile(gradient, (1500, 1))] * 3) // (i + 1)
+        Image.fromarray(image).save(root / "images" / f"s{i}.jpg", quality=80)
+        Image.fromarray(np.zeros((1500, 2000), np.uint8)).save(root / "masks" / f"s{i}.png")
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(root)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    estimate, peak = (int(v) for v in out.stdout.split())
+    assert estimate == 12 * 4 * 2000 * 1500
+    assert peak <= 1.3 * estimate, f"cache peak {peak / 2**20:.0f} MiB for an estimate of {estimate / 2**20:.0f} MiB"

@@ -96,6 +96,14 @@ def test_fingerprint_detects_binary_masks_and_counts_classes_without_labels(tmp_
     assert fingerprint.num_classes == 4 and any("4 classes from the mask values" in n for n in fingerprint.notes)
 
 
+def test_binary_masks_with_more_values_are_said_in_one_line(tmp_path):
+    root = write_folder(tmp_path / "d", [(64, 64)] * 4, labels=None, mask_values=(0, 1, 2))
+    cfg = compose(["data=folder", f"data.root={root}", "data.val_fraction=0.25", "data.mask_format=binary", "data.num_classes=2"])
+    fingerprint, _ = take_fingerprint(cfg.data, {"data.mask_format", "data.num_classes"}, cache=False)
+    assert fingerprint.num_classes == 2
+    assert any(note.startswith("data.mask_format=binary: the masks hold 3 values") for note in fingerprint.notes)
+
+
 def test_mask_values_beyond_the_labels_file_stop_naming_a_mask(tmp_path):
     root = write_folder(tmp_path / "d", [(64, 64)] * 4, mask_values=(0, 1, 7))
     cfg = compose(["data=folder", f"data.root={root}", "data.val_fraction=0.25"])

@@ -80,14 +80,16 @@ def available_memory() -> int | None:
 
 def header_pixels(paths: Sequence[Path]) -> list[int]:
     """Width × height of each image, from its header (nothing is decoded)."""
-    from PIL import Image
+    from .image_io import open_image
 
     pixels = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with open_image(path, str(path)) as image:  # the pixel limit applies, naming its setting
                 width, height = image.size
-        except Exception as e:  # the decode names the file properly; this is only the estimate
+        except EffdetsegError:
+            raise
+        except Exception as e:
             raise EffdetsegError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
         pixels.append(width * height)
     return pixels

@@ -33,7 +33,7 @@ from .cache import MEMORY_HEADROOM, DecodedStore, available_memory, header_pixel
 from .datasets import Sample, SegmentationFiles
 from .folder import folder_samples, mask_reader_for
 from .files import MASK_EXTENSIONS, raise_problems
-from .image_io import _open
+from .image_io import open_image
 from .transforms import SegmentationTransform, to_container
 
 FINGERPRINT_FORMATS = ("folder", "camvid")
@@ -100,7 +100,7 @@ def detect_mask_format(masks: list[Path], labels: LabelSet | None) -> tuple[str,
     modes: Counter[str] = Counter()
     values: set[int] = set()
     for path in masks:
-        with _open(path, str(path)) as im:
+        with open_image(path, str(path)) as im:
             modes[im.mode] += 1
             if im.mode in ("RGB", "RGBA"):
                 continue
@@ -122,6 +122,26 @@ def detect_mask_format(masks: list[Path], labels: LabelSet | None) -> tuple[str,
     return "ids", None
 
 
+def _binary_with_more_values(data_cfg: DictConfig) -> list[str]:
+    """One note when masks read as binary hold more than two values (all nonzero ones become class 1)."""
+    samples, _ = folder_samples(data_cfg, "train")
+    step = max(1, len(samples) // MASKS_SAMPLED_FOR_FORMAT)
+    values: set[int] = set()
+    example = None
+    for sample in samples[::step]:
+        with open_image(sample.mask, str(sample.mask)) as im:
+            if im.mode not in ("L", "P", "1"):
+                continue
+            found = set(np.unique(np.asarray(im)).tolist())
+        if len(found) > 2 and example is None:
+            example = sample.mask
+        values |= found
+    if len(values) <= 2:
+        return []
+    return [f"data.mask_format=binary: the masks hold {len(values)} values (e.g. {example}); every nonzero one is read as "
+            f"class 1 — set data.mask_format=ids if they are classes"]
+
+
 def read_data_statements(data_cfg: DictConfig, user_keys: set[str]) -> list[str]:
     """Set in ``data_cfg`` what the folder states (labels file, mask format) and the user did not
     set; the notes (one line each) for what was guessed."""
@@ -140,6 +160,8 @@ def read_data_statements(data_cfg: DictConfig, user_keys: set[str]) -> list[str]
                 notes.append(note)
             if mask_format == "binary" and "data.num_classes" not in user_keys:
                 data_cfg.num_classes = 2
+        if str(getattr(data_cfg.get("mask_format"), "value", data_cfg.get("mask_format"))) == "binary":
+            notes += _binary_with_more_values(data_cfg)
         if labels is not None and "data.num_classes" not in user_keys:
             if data_cfg.get("num_classes") not in (None, labels.num_classes) and "data.labels" in user_keys:
                 notes.append(f"data.num_classes={data_cfg.num_classes} replaced by the {labels.num_classes} classes of {labels_path}")
@@ -246,7 +268,7 @@ def _headers(paths: list[Path]) -> tuple[list[tuple[int, int]], Counter[str]]:
     sizes, modes = [], Counter()
     for path in paths:
         try:
-            with _open(path, str(path)) as im:
+            with open_image(path, str(path)) as im:
                 width, height = im.size
                 modes[im.mode] += 1
         except EffdetsegError:

@@ -45,7 +45,7 @@ def max_image_pixels() -> int | None:
 
 
 @contextmanager
-def _open(source: Path | BinaryIO, name: str):
+def open_image(source: Path | BinaryIO, name: str):
     """``Image.open`` with the pixel limit as a hard limit (PIL only warns up to twice the limit)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -83,7 +83,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None
 
 def _decode_rgb(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> np.ndarray:
     try:
-        with _open(source, name) as im:
+        with open_image(source, name) as im:
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageTooLargeError(
                     f"{name}: {im.width}×{im.height} = {im.width * im.height / 1e6:.1f} megapixels, "
@@ -115,7 +115,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise EffdetsegError(f"{path}: mask not found")
     try:
-        with _open(path, str(path)) as im:
+        with open_image(path, str(path)) as im:
             im.load()
             if im.mode in ("P", "L"):
                 return np.asarray(im, dtype=np.uint8).copy()
