@@ -36,7 +36,8 @@ import torch
 
 from effdetseg import Predictor, create_model, load_model, save_model
 from effdetseg.data import read_image, read_mask
-from effdetseg.deploy.benchmark import eager_and_onnx_runners, time_alternating, timing_table, torch_threads
+from effdetseg.deploy.benchmark import eager_and_onnx_runners
+from effdetseg.deploy.timing import time_alternating, timing_table, torch_threads
 from effdetseg.deploy.export import export_onnx
 from effdetseg.deploy.prepare import fold_batchnorm
 from effdetseg.deploy.quantize import Agreement, QuantizationRecipe, open_image_source, quantize_onnx, split_images

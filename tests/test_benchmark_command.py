@@ -11,7 +11,8 @@ import torch
 from effdetseg import create_model
 from effdetseg.cli import main as cli
 from effdetseg.commands.benchmark import parse_resolution
-from effdetseg.deploy.benchmark import cpu_peak_bytes, time_alternating
+from effdetseg.deploy.benchmark import cpu_peak_bytes
+from effdetseg.deploy.timing import time_alternating
 from effdetseg.deploy.complexity import count_parameters, model_complexity
 
 

@@ -180,7 +180,7 @@ def test_shape_arithmetic_stays_out_of_quantization(tmp_path: Path) -> None:
 
 def test_the_export_says_when_int8_does_not_pay() -> None:
     from effdetseg.commands.export import int8_speed_lines
-    from effdetseg.deploy.benchmark import Timing
+    from effdetseg.deploy.timing import Timing
 
     def timings(eager: float, fp32: float, int8: float) -> dict[str, Timing]:
         return {name: Timing(name, ms, (ms,)) for name, ms in

@@ -74,7 +74,7 @@ def build_parser() -> ArgumentParser:
 def benchmark_backends(args: argparse.Namespace, resolution: tuple[int, int]) -> int:
     """``--backends``: per model, one table of backends (see :mod:`effdetseg.deploy.backend_table`)."""
     from ..deploy.backend_table import agreement_inputs_note, backend_table, format_backend_table, parse_backends
-    from ..deploy.benchmark import cpu_name
+    from ..deploy.timing import cpu_name
     from ..deploy.quantize_openvino import NncfRecipe, parse_keep_float
 
     backends = parse_backends(args.backends)
@@ -141,7 +141,8 @@ def _table_models(args: argparse.Namespace) -> list:
 
 def benchmark_onnx(args: argparse.Namespace, resolution: tuple[int, int]) -> int:
     """``--onnx``: the files in onnxruntime against eager PyTorch fp32, alternately, one table."""
-    from ..deploy.benchmark import benchmark_onnx_files, cpu_name, timing_table
+    from ..deploy.benchmark import benchmark_onnx_files
+    from ..deploy.timing import cpu_name, timing_table
 
     threads = args.threads or 2
     print(
@@ -192,7 +193,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     from ..deploy.benchmark import DTYPES as TORCH_DTYPES
-    from ..deploy.benchmark import benchmark, cpu_name, format_table, smp_candidates, zoo_candidates
+    from ..deploy.benchmark import benchmark, format_table, smp_candidates, zoo_candidates
+    from ..deploy.timing import cpu_name
     from ..devices import resolve_device
 
     resolution = parse_resolution(args.resolution)

@@ -237,7 +237,8 @@ def _time_int8(args: argparse.Namespace, reference: Any, image: Any, backend: st
     """The INT8 file, the fp32 file and the checkpoint as predict runs it, timed alternately."""
     import torch
 
-    from ..deploy.benchmark import eager_and_file_runners, time_alternating, timing_table, torch_threads
+    from ..deploy.benchmark import eager_and_file_runners
+    from ..deploy.timing import time_alternating, timing_table, torch_threads
     from ..deploy.inference import preprocess
 
     x = preprocess(image, reference.preprocessing)

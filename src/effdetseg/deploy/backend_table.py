@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import EffdetsegError
 from ..io.record import ModelRecord, ResizeMode
-from .benchmark import Timing, time_alternating, torch_threads
+from .timing import Timing, time_alternating, torch_threads
 from .inference import ModelRunner, preprocess
 from .quantize import ImageSource, split_images
 

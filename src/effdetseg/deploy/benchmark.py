@@ -26,15 +26,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import platform
 import re
 import resource
-import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import EffdetsegError
+from .timing import Timing, time_alternating, torch_threads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SMP_ARCHITECTURES = ("FPN", "Unet", "DeepLabV3Plus")
@@ -122,58 +119,6 @@ def smp_candidates(backbones: list[str], num_classes: int) -> list[Candidate]:
 
             candidates.append(Candidate(f"smp {architecture} ({encoder})", build, backbone))
     return candidates
-
-
-@dataclass(frozen=True)
-class Timing:
-    name: str
-    median_ms: float
-    samples_ms: tuple[float, ...]
-
-    def speedup_over(self, reference: Timing) -> float:
-        """Throughput of this runner relative to ``reference`` (> 1: faster)."""
-        return reference.median_ms / self.median_ms
-
-
-def time_alternating(
-    runners: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 2, settle: int = 1,
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, Timing]:
-    """Median time of each runner over ``rounds`` passes, all runners alternating, the order
-    rotating every round.
-
-    Each timed call follows ``settle`` untimed calls of the same runner: the thread pool of the
-    runtime that ran before (ONNX Runtime's and OpenMP's workers spin-wait after their work) keeps
-    the cores busy for a while, and on 2 cores that doubled the next call's time (eager D0 at
-    384×512 right after ONNX Runtime: 86 ms; after one call of its own: 46 ms, as alone).
-    ``clock``: wall time by default; ``time.process_time`` counts this process's CPU time only,
-    which on a machine shared with other work is the steadier measure of one thread's latency.
-    """
-    names = list(runners)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(warmup):
-        for name in names:
-            runners[name]()
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            for _ in range(settle):
-                runners[name]()
-            started = clock()
-            runners[name]()
-            samples[name].append(1000 * (clock() - started))
-    return {name: Timing(name, statistics.median(values), tuple(values)) for name, values in samples.items()}
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run PyTorch on ``threads`` CPU threads inside the block."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -321,29 +266,7 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # ----------------------------------------------------------------------------- exported files
-
-
-def ort_session(path: str | Path, threads: int) -> Any:
-    """An onnxruntime CPU session running on ``threads`` threads (all graph optimizations on)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # warnings about the optimized graph are not the user's business
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def eager_and_file_runners(
@@ -372,15 +295,6 @@ def eager_and_file_runners(
 def eager_and_onnx_runners(model: nn.Module, onnx_files: Mapping[str, str | Path], images: torch.Tensor, threads: int) -> dict[str, Callable[[], Any]]:
     """:func:`eager_and_file_runners` for ONNX files, all run by ONNX Runtime."""
     return eager_and_file_runners(model, {name: ("onnxruntime", path) for name, path in onnx_files.items()}, images, threads)
-
-
-def timing_table(timings: Mapping[str, Timing], reference: str = "eager fp32") -> str:
-    """``runner  median ms  throughput × reference`` lines."""
-    width = max(len(name) for name in timings)
-    lines = [f"  {'runner'.ljust(width)}  median ms  throughput × {reference}"]
-    for name, timing in timings.items():
-        lines.append(f"  {name.ljust(width)}  {timing.median_ms:9.1f}  {timing.speedup_over(timings[reference]):.2f}")
-    return "\n".join(lines)
 
 
 def benchmark_onnx_files(files: Sequence[str | Path], resolution: tuple[int, int], threads: int, rounds: int, warmup: int) -> dict[str, Timing]:

@@ -21,7 +21,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,9 +32,6 @@ from ..io.files import atomic_write
 from ..io.record import METADATA_KEY, ModelRecord, Preprocessing, ResizeMode
 from .inference import ModelRunner, Runner, network_logits, preprocess
 from .runtimes import OPENVINO_BIN, OPENVINO_XML, TORCHSCRIPT_EXTRA_FILE, require_openvino
-
-if TYPE_CHECKING:
-    from .predictor import Predictor
 
 ONNX_EXPORTERS = ("dynamo", "legacy")
 ONNX_OPSET = 18
@@ -218,7 +215,15 @@ def parity_inputs(image: np.ndarray, preprocessing: Preprocessing) -> list[torch
     return [first, torch.cat([second, second.flip(-1)])]
 
 
-def parity_check(reference: nn.Module | Runner, exported: Predictor, images: list[np.ndarray], preprocessing: Preprocessing) -> list[ParityResult]:
+class ExportedModel(Protocol):
+    """What the parity check needs of an exported model (a ``Predictor``): its runner and its source."""
+
+    source: Any
+
+    def run(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def parity_check(reference: nn.Module | Runner, exported: ExportedModel, images: list[np.ndarray], preprocessing: Preprocessing) -> list[ParityResult]:
     """Run the exported file and the PyTorch ``reference`` through the same inference path on the
     same inputs; compare logits and argmax."""
     reference_runner = ModelRunner(reference.cpu().float().eval()) if isinstance(reference, nn.Module) else reference

@@ -38,6 +38,7 @@ import torch
 
 from ..errors import EffdetsegError
 from ..io.record import METADATA_KEY
+from .timing import cpu_name, time_alternating
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "torchscript")
 BACKEND_CHOICES = (*BACKENDS, "auto", "eager", "onnx")  # what --backend accepts
@@ -292,8 +293,6 @@ class AutoRunner:
         """Median ms of each candidate that runs ``x``; fills ``failed`` for the others. The first
         warm-up call of each candidate also finds the ones that cannot run ``x``; the timing is
         :func:`~effdetseg.deploy.benchmark.time_alternating`'s, as the benchmark tables time."""
-        from .benchmark import time_alternating
-
         calls: dict[str, Callable[[], Any]] = {}
         for name in self.factories:
             run = self.runner(name)
@@ -392,8 +391,6 @@ def machine_fingerprint(threads: int | None = None) -> str:
     import importlib.metadata
     import os
     import platform
-
-    from .benchmark import cpu_name
 
     try:
         cores = len(os.sched_getaffinity(0))

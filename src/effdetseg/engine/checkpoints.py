@@ -43,13 +43,11 @@ from ..io.record import (
 from .auxiliary import DeepSupervision
 from .budget import TimeBudget
 from .distributed import DistributedContext, broadcast_buffers, broadcast_floats
-from .experiment import CONFIG
+from .experiment import BEST, CONFIG, LAST
 from .loaders import derive_seed
 from .metrics import SegmentationMetrics
 from .setup import TrainSetup, seed_everything
 
-LAST = "last.pth"
-BEST = "best.pth"
 TRAINING_STATE = ("optimizer", "epoch", "global_step", "rng")
 
 

@@ -23,6 +23,8 @@ from ..io.files import atomic_write, write_error, write_text_atomic
 from .loaders import check_counts
 
 CONFIG = "config.yaml"
+LAST = "last.pth"  # the training state: weights, optimizer, schedule, position (resume=)
+BEST = "best.pth"  # the best validated weights and their record
 METRICS = "metrics.jsonl"
 LOG = "train.log"
 TENSORBOARD = "tensorboard"
@@ -186,8 +188,6 @@ class SetupWrites:
         self.checkpoints = self._checkpoint_stamps()
 
     def _checkpoint_stamps(self) -> dict[str, tuple[int, int, int] | None]:
-        from .checkpoints import BEST, LAST
-
         stamps: dict[str, tuple[int, int, int] | None] = {}
         for name in (LAST, BEST):
             try:

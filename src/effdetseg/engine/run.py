@@ -16,7 +16,7 @@ from ..data.cache import DecodedStore
 from ..errors import EffdetsegError
 from ..io.files import FolderLock, remove_orphaned_temporaries
 from . import experiment as exp
-from .checkpoints import LAST
+from .experiment import LAST
 from .distributed import broadcast_object, cleanup_distributed, init_distributed
 from .trainer import Trainer, TrainResult
 

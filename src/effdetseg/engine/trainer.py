@@ -29,7 +29,8 @@ from ..io.files import write_text_atomic
 from . import experiment as exp
 from .budget import PhaseTimes, TimeBudget
 from .builders import build_optimization, build_training_data, build_training_model, check_batch_norm_values
-from .checkpoints import LAST, Best, Checkpoints, EpochPosition, EpochTally, TrainingParts
+from .checkpoints import Best, Checkpoints, EpochPosition, EpochTally, TrainingParts
+from .experiment import LAST
 from .distributed import DistributedContext, all_reduce_mean, broadcast_floats
 from .loaders import plan_cpu, val_loader
 from .plan import PLAN_FILE

@@ -32,7 +32,8 @@ from ..io.record import read_model_file
 from . import experiment as exp
 from . import plots
 from .budget import TimeBudget
-from .checkpoints import BEST, LAST, Best
+from .checkpoints import Best
+from .experiment import BEST, LAST
 from .distributed import DistributedContext, broadcast_buffers
 from .evaluate import evaluate
 from .metrics import SegmentationMetrics

@@ -234,7 +234,7 @@ class ModelRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        from .. import __version__
+        from .._version import __version__
 
         provenance = self.provenance
         if provenance.effdetseg_version is None or provenance.created is None:
