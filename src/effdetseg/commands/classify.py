@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 from ..io.labels import read_labels_json
 from .args import ArgumentParser, add_device, add_max_image_pixels, apply_max_image_pixels, positive
 
@@ -40,7 +40,7 @@ def build_classifier(name: str, num_classes: int, weights: Path | None):
     except EffdetsegError:
         raise
     except Exception as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = first_line(e)
         raise EffdetsegError(f"--model {name!r}: {message}") from None
 
 

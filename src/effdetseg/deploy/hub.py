@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 from ..io.files import atomic_write, ensure_output_folder, run_owner
 from ..io.labels import LabelSet
 from ..io.record import FOLDER_RECORD, FOLDER_WEIGHTS, ModelRecord, load_model, read_model_file, unwrap, write_model_folder
@@ -114,7 +114,7 @@ def resolve_pretrained(name_or_path: str | Path, *, revision: str | None = None,
             allow_patterns=[FOLDER_RECORD, FOLDER_WEIGHTS, CARD_FILE, "*.png"],
         ))
     except Exception as e:  # offline, unknown repo, no access …: whatever the Hub says, on one line
-        raise EffdetsegError(f"{name_or_path}: cannot download from the Hugging Face Hub ({_first_line(e)})") from None
+        raise EffdetsegError(f"{name_or_path}: cannot download from the Hugging Face Hub ({first_line(e, with_type=True)})") from None
 
 
 def push_folder(folder: Path, repo_id: str, token: str) -> None:
@@ -125,7 +125,7 @@ def push_folder(folder: Path, repo_id: str, token: str) -> None:
         create_repo(repo_id, token=token, repo_type="model", exist_ok=True)
         upload_folder(repo_id=repo_id, folder_path=folder, token=token, repo_type="model", commit_message="Upload effdetseg model")
     except Exception as e:
-        raise EffdetsegError(f"{repo_id}: upload to the Hugging Face Hub failed ({_first_line(e)})") from None
+        raise EffdetsegError(f"{repo_id}: upload to the Hugging Face Hub failed ({first_line(e, with_type=True)})") from None
 
 
 def _token(token: str | None) -> str:
@@ -153,8 +153,3 @@ def _prediction_grid(checkpoint: Path | None) -> Path | None:
     if checkpoint.is_dir():
         return checkpoint / PREDICTION_GRID
     return checkpoint.with_name(PREDICTION_GRID) if checkpoint.name == TRAINING_BEST else None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

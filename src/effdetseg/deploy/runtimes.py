@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 from ..io.record import METADATA_KEY
 from .timing import cpu_name, time_alternating
 
@@ -202,7 +202,7 @@ class OpenVinoRunner:
             else:
                 model = source  # an ov.Model
         except Exception as e:
-            raise EffdetsegError(f"{self.what}: not a loadable OpenVINO model ({_first_line(e)})") from None
+            raise EffdetsegError(f"{self.what}: not a loadable OpenVINO model ({first_line(e)})") from None
         self.model = model
         self.config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
@@ -218,7 +218,7 @@ class OpenVinoRunner:
         try:
             return self.core.compile_model(model, "CPU", self.config).create_infer_request()
         except Exception as e:
-            raise EffdetsegError(f"{self.what}: not a loadable OpenVINO model ({_first_line(e)})") from None
+            raise EffdetsegError(f"{self.what}: not a loadable OpenVINO model ({first_line(e)})") from None
 
     def _request(self, shape: tuple[int, ...]) -> Any:
         if not self.static_shapes:
@@ -286,7 +286,7 @@ class AutoRunner:
                 with torch.inference_mode(False):
                     self.runners[name] = self.factories[name]()
             except Exception as e:  # noqa: BLE001 - a backend that cannot run this network is not a candidate
-                self.failed[name] = _first_line(e)
+                self.failed[name] = first_line(e)
         return self.runners.get(name)
 
     def measure(self, x: torch.Tensor) -> dict[str, float]:
@@ -301,7 +301,7 @@ class AutoRunner:
             try:
                 run(x)
             except Exception as e:  # noqa: BLE001 - a backend that cannot run this input is not a candidate
-                self.failed[name] = _first_line(e)
+                self.failed[name] = first_line(e)
                 continue
             calls[name] = lambda run=run: run(x)
         if not calls:
@@ -425,8 +425,6 @@ def check_model_files(path: Path) -> None:
             raise EffdetsegError(f"{file}: not a regular file (a FIFO, a device or a folder); a model file is read whole")
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def openvino_metadata(model: Any) -> dict[str, str]:

@@ -69,7 +69,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..data.cache import DecodedStore, available_memory
 from ..data.fingerprint import FINGERPRINT_FORMATS, Fingerprint, fits_in_memory, take_fingerprint
 from ..devices import resolve_device
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 
 PLAN_FILE = "plan.json"
 CPU_BACKBONE = "tf_efficientnet_lite0"
@@ -248,7 +248,7 @@ def fetch_pretrained(name: str) -> None:
             huggingface_hub.hf_hub_download(hub_id, filename)
             return
         except Exception as e:  # no such file, hub down
-            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+            errors.append(first_line(e, with_type=True)[:160])
     raise EffdetsegError(
         f"train.model.backbone_pretrained=auto: the ImageNet weights of {name} ({hub_id}) could not be downloaded "
         f"({errors[0]}); {way_out}"

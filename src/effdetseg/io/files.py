@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any], extension: str = "") -> None:
@@ -65,7 +65,7 @@ def write_error(path: str | Path, error: BaseException, disk_full: bool = False,
     elif disk_full or "No space left" in str(error):
         cause = os.strerror(errno.ENOSPC)
     else:
-        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        cause = first_line(error)
     return EffdetsegError(f"{path}: cannot write ({cause})" + ("; any earlier version of the file is unchanged" if replaced else ""))
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import EffdetsegError
+from ..errors import EffdetsegError, first_line
 from ..models import create_model, model_family
 from .files import atomic_write
 from .labels import LabelSet
@@ -94,7 +94,7 @@ class Architecture:
         try:
             return create_model(self.name, num_classes=self.num_classes, **overrides)
         except Exception as e:  # unknown names, bad overrides, …: whatever the zoo says, on one line
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = first_line(e)
             raise EffdetsegError(f"{source}: cannot build {self.name!r}: {message}") from None
 
 
@@ -303,7 +303,7 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickles with code, truncated files, non-torch files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         if "Weights only load failed" in reason or "weights_only" in reason:
             reason = "it holds Python objects other than tensors and plain data, which are never unpickled"
         raise EffdetsegError(f"{path}: not a loadable {what} ({reason})") from None
@@ -348,7 +348,7 @@ def _read_safetensors(path: Path) -> ModelFile:
             metadata = f.metadata() or {}
             state_dict = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as e:
-        raise EffdetsegError(f"{path}: not a safetensors file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        raise EffdetsegError(f"{path}: not a safetensors file ({first_line(e)})") from None
     if METADATA_KEY in metadata:
         record = ModelRecord.from_json(metadata[METADATA_KEY], path)
     elif LEGACY_METADATA_KEY in metadata:
@@ -569,7 +569,7 @@ def build_model(file: ModelFile, *, model_name: str | None = None, num_classes: 
         try:
             model = create_model(model_name, num_classes=num_classes)
         except Exception as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = first_line(e)
             raise EffdetsegError(f"--model: cannot build {model_name!r}: {message}") from None
         load_weights(model, file.state_dict, file.path)
         return model.eval()
