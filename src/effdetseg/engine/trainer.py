@@ -260,7 +260,10 @@ class Trainer:
             done = epoch if stats.pop("stopped_early") else epoch + 1  # complete epochs
             last = stats.pop("budget_over") if self.budget.enabled else done == self.setup.num_epochs
             record: dict[str, Any] = {"epoch": epoch + 1, "global_step": self.global_step, "lr": self._lr(), **stats}
-            if last or (epoch_step and done % epoch_step == 0 and done == epoch + 1):
+            due = bool(epoch_step) and done % epoch_step == 0 and done == epoch + 1
+            if due and not last and self.budget.enabled and self.budget.elapsed() + 2 * self.budget.finish_s() >= self.budget.seconds:
+                last = True  # validating now would leave no time for the final validation: this is the final one
+            if last or due:
                 began = time.perf_counter()
                 self._validate(epoch + 1, record)
                 record["validation_s"] = self.validation_s = time.perf_counter() - began
