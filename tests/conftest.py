@@ -42,3 +42,13 @@ def tiny_camvid_network():
     with torch.no_grad():  # a random classifier bias outweighs the random features: one class everywhere
         model.head.classifier.bias.zero_()
     return model
+
+
+def one_error_line(capsys, command: str, *names: str) -> str:
+    """The single stderr line of a failed command; it names every one of ``names``."""
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith(f"effdetseg {command}: error: "), err[0]
+    for name in names:
+        assert name in err[0], (name, err[0])
+    return err[0]

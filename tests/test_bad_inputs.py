@@ -28,6 +28,8 @@ from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.configs.compose import compose
 from effdetseg.errors import EffdetsegError
+
+from conftest import one_error_line
 from effdetseg.io.files import FolderLock, atomic_write
 from effdetseg.io.record import Provenance, write_model_file
 
@@ -53,14 +55,6 @@ def snapshot(*roots: Path) -> dict[str, str]:
     return files
 
 
-def one_error_line(capsys: pytest.CaptureFixture, command: str, *names: str) -> str:
-    """The single stderr line of a failed command; it names every one of ``names``."""
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1, err
-    assert err[0].startswith(f"effdetseg {command}: error: "), err[0]
-    for name in names:
-        assert name in err[0], (name, err[0])
-    return err[0]
 
 
 def bomb_png(path: Path, width: int = 40000, height: int = 40000) -> Path:

@@ -15,6 +15,8 @@ from effdetseg.cli import main as cli
 from effdetseg.engine import experiment as exp
 from effdetseg.io.record import Provenance
 
+from conftest import one_error_line
+
 TINY = [
     "train.model.backbone=mobilenetv3_small_050", "+train.model.overrides.bifpn_channels=16",
     "+train.model.overrides.head_channels=16", "data.batch_size=2", "data.num_workers=0",
@@ -27,13 +29,6 @@ def snapshot(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def error_line(capsys: pytest.CaptureFixture, command: str, *names: str) -> str:
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1, err
-    assert err[0].startswith(f"effdetseg {command}: error: "), err[0]
-    for name in names:
-        assert name in err[0], (name, err[0])
-    return err[0]
 
 
 # ----------------------------------------------------------------------------- a refused resume
@@ -66,7 +61,7 @@ def test_a_resume_refused_by_its_spent_budget_changes_nothing_in_the_folder(tmp_
     capsys.readouterr()
     before = snapshot(run)
     assert cli(["train", f"resume={run}"]) == 2
-    error_line(capsys, "train", "train.max_minutes", "raise train.max_minutes")
+    one_error_line(capsys, "train", "train.max_minutes", "raise train.max_minutes")
     assert snapshot(run) == before
     # With other overrides (written to config.yaml before the budget is checked) too.
     assert cli(["train", f"resume={run}", "validation.grid_images=0"]) == 2
@@ -141,7 +136,7 @@ def test_export_never_replaces_a_checkpoint_or_a_file_of_a_run(tmp_path: Path, e
         if "openvino" in argv:
             pytest.importorskip("openvino")
         assert cli(["export", "--checkpoint", best, *argv]) == 2, argv
-        error_line(capsys, "export", *names)
+        one_error_line(capsys, "export", *names)
     assert {**snapshot(experiment), **snapshot(tmp_path)} == before
     assert not (experiment / "tensorboard").exists()
 
@@ -154,11 +149,11 @@ def test_predict_benchmark_and_evaluate_never_replace_a_file_of_a_run(tmp_path: 
     before = snapshot(experiment)
     best = str(experiment / "best.pth")
     assert cli(["predict", "--data", str(image), "--checkpoint", best, "--output", str(experiment / "curves.png"), "--overwrite"]) == 2
-    error_line(capsys, "predict", str(experiment / "curves.png"), "training run")
+    one_error_line(capsys, "predict", str(experiment / "curves.png"), "training run")
     assert cli(["benchmark", "--json", str(experiment / "metrics.jsonl"), "--iters", "1", "--warmup", "0"]) == 2
-    error_line(capsys, "benchmark", str(experiment / "metrics.jsonl"), "--json")
+    one_error_line(capsys, "benchmark", str(experiment / "metrics.jsonl"), "--json")
     assert cli(["evaluate", "--checkpoint", best, "--output", str(experiment / "metrics.jsonl")]) == 2
-    error_line(capsys, "evaluate", "metrics.jsonl", "training run")
+    one_error_line(capsys, "evaluate", "metrics.jsonl", "training run")
     assert snapshot(experiment) == before
 
 
