@@ -22,7 +22,7 @@ from ..io.record import ResizeMode
 
 # _target_ nodes, and the keyword arguments every target of that kind takes: when an override
 # changes a node's _target_, the node starts over with these keys kept and the old target's own
-# keys dropped (see README, "Objects from the config").
+# keys dropped (docs/guide/train.md, "Objects from the config").
 TARGET_NODES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("lr", "weight_decay"),
     "train.scheduler": (),
