@@ -78,21 +78,27 @@ def available_memory() -> int | None:
     return min(known) if known else None
 
 
-def header_pixels(paths: Sequence[Path]) -> list[int]:
-    """Width × height of each image, from its header (nothing is decoded)."""
+def image_headers(paths: Sequence[Path]) -> list[tuple[int, int, str]]:
+    """(height, width, PIL mode) of each image, from its header (nothing is decoded; the pixel
+    limit applies, naming its setting)."""
     from .image_io import open_image
 
-    pixels = []
+    headers = []
     for path in paths:
         try:
-            with open_image(path, str(path)) as image:  # the pixel limit applies, naming its setting
+            with open_image(path, str(path)) as image:
                 width, height = image.size
+                headers.append((height, width, image.mode))
         except EffdetsegError:
             raise
         except Exception as e:
             raise EffdetsegError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-        pixels.append(width * height)
-    return pixels
+    return headers
+
+
+def header_pixels(paths: Sequence[Path]) -> list[int]:
+    """Width × height of each image, from its header."""
+    return [height * width for height, width, _ in image_headers(paths)]
 
 
 def _gib(n: int) -> str:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, open_dict
 from ..errors import EffdetsegError
 from ..io.labels import IGNORE_INDEX, LabelSet
 from .build import root_dir
-from .cache import MEMORY_HEADROOM, DecodedStore, available_memory, header_pixels
+from .cache import MEMORY_HEADROOM, DecodedStore, available_memory, image_headers
 from .datasets import Sample, SegmentationFiles
 from .folder import folder_samples, mask_reader_for
 from .files import MASK_EXTENSIONS, raise_problems
@@ -104,8 +104,8 @@ def detect_mask_format(masks: list[Path], labels: LabelSet | None) -> tuple[str,
             modes[im.mode] += 1
             if im.mode in ("RGB", "RGBA"):
                 continue
-            im.load()
-            values.update(np.unique(np.asarray(im)).tolist()) if im.mode in ("L", "P", "1") else None
+            if im.mode in ("L", "P", "1"):
+                values.update(np.unique(np.asarray(im)).tolist())
     if modes and all(m in ("RGB", "RGBA") for m in modes):
         if labels is None:
             raise EffdetsegError(
@@ -198,7 +198,9 @@ def take_fingerprint(
         splits[split] = samples
     everything = splits["train"] + splits["val"]
     notes += _unpaired_masks(data_cfg, everything)
-    sizes, modes = _headers([s.image for s in everything])
+    headers = image_headers([s.image for s in everything])
+    sizes = [(h, w) for h, w, _ in headers]
+    modes = Counter(mode for _, _, mode in headers)
     pixels = [h * w for h, w in sizes]
     decoded_bytes = 4 * sum(pixels)
     whole = fits_in_memory(decoded_bytes, copies) if cache is None else cache
@@ -261,22 +263,6 @@ def _unpaired_masks(data_cfg: DictConfig, samples: list[Sample]) -> list[str]:
         return []
     more = f" and {len(lonely) - 1} more" if len(lonely) > 1 else ""
     return [f"{lonely[0]}{more}: mask(s) without an image, not trained on"]
-
-
-def _headers(paths: list[Path]) -> tuple[list[tuple[int, int]], Counter[str]]:
-    """(height, width) and the pixel mode of each image, from its header."""
-    sizes, modes = [], Counter()
-    for path in paths:
-        try:
-            with open_image(path, str(path)) as im:
-                width, height = im.size
-                modes[im.mode] += 1
-        except EffdetsegError:
-            raise
-        except Exception as e:
-            raise EffdetsegError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-        sizes.append((height, width))
-    return sizes, modes
 
 
 def _class_count(data_cfg: DictConfig, counts: np.ndarray, train: list[Sample], user_keys: set[str], notes: list[str]) -> int:
