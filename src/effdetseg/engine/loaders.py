@@ -13,8 +13,10 @@ number).
 """
 from __future__ import annotations
 
+import math
 import os
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,6 +52,34 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def busy_cores(seconds: float = 0.2) -> float:
+    """How many of this process's cores other work keeps busy, measured over ``seconds`` from the
+    per-CPU counters of ``/proc/stat`` (0.0 where they cannot be read). Time of processes with a
+    raised nice value is not counted: they give way to this one."""
+    def sample() -> dict[int, tuple[int, int]]:
+        counts = {}
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    user, nice, system, idle, iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+                    counts[int(name[3:])] = (user + system + irq + softirq + steal, user + nice + system + idle + iowait + irq + softirq + steal)
+        return counts
+
+    try:
+        cpus = os.sched_getaffinity(0)
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+    except (OSError, AttributeError, ValueError):
+        return 0.0
+    busy = 0.0
+    for cpu in cpus:
+        if cpu in before and cpu in after and after[cpu][1] > before[cpu][1]:
+            busy += (after[cpu][0] - before[cpu][0]) / (after[cpu][1] - before[cpu][1])
+    return busy
+
+
 def thread_limit(cores: int) -> int:
     """More compute threads than this is a typo, not a plan (each thread's stack and the pool's
     start-up alone would cost more than the run): 8 per core, at least 64."""
@@ -75,7 +105,8 @@ def check_counts(threads: object, workers: object, cores: int | None = None) -> 
 def plan_cpu(device: torch.device, threads: object, workers: object, cached: bool, processes_here: int = 1) -> CpuPlan:
     """``train.threads`` and ``data.num_workers`` (each ``auto`` or a number) for this process.
 
-    ``auto`` on the CPU: every core of this process's share computes; data comes from the
+    ``auto`` on the CPU: every core of this process's share that other processes do not keep
+    busy at the start computes (``busy_cores``); data comes from the
     process itself when it is decoded in memory (augmenting a batch costs a few percent of a step,
     and nothing then competes with the compute threads), else from one worker that decodes while
     the step runs. On CUDA the host only feeds the device: up to 8 workers, one core left to the
@@ -90,6 +121,14 @@ def plan_cpu(device: torch.device, threads: object, workers: object, cached: boo
         auto_threads, auto_workers = cores, 0 if cached else 1
         why = [f"{cores} core(s) per process", "data decoded in memory, augmented in the training process" if cached
                else "one worker decodes while the step computes"]
+        if threads == AUTO and processes_here == 1:
+            # A compute thread that shares its core with another busy process holds up every
+            # parallel operation of the others; threads only on the cores that are free.
+            busy = busy_cores()
+            free = max(1, min(cores, math.floor(cores - busy + 0.5)))
+            if free < cores:
+                auto_threads = free
+                why.append(f"other processes keep {busy:.1f} core(s) busy: {free} compute thread(s)")
     if threads != AUTO:
         why.append(f"train.threads={threads}")
         if int(threads) > cores:  # type: ignore[call-overload]
