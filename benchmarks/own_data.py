@@ -22,12 +22,19 @@ scoring. CamVid trains on train and is scored on val (the preset's validation sp
 
 The budgets differ in what they count: ``train.max_minutes`` bounds the whole command (setup, data
 cache, validation and checkpoints included), the loop's minutes are pure optimizer-step time.
-Each training run is its own subprocess, one after another. Prints one table (mIoU, per-class IoU,
-steps, seconds, mIoU ratio and error ratio (100 − mIoU) to the FPN of the same set) and writes it
-with every detail to ``benchmarks/results/own_data_<date>.json`` and ``.csv`` (date, CPU, commit).
+Each training run is its own subprocess, one after another; ``--seeds 0,1,2`` runs every model once
+per seed (the command gets ``seed=S``, the loop its own seed), since a few test images and one seed
+leave differences of a few points to chance. Every row records the cores other processes kept busy
+while it ran (``/proc/stat`` less this benchmark's own children): a row above 0.1 is marked
+disturbed, as its run trained fewer steps than a quiet machine gives. Prints one table (mIoU,
+per-class IoU, steps, seconds, other load, mIoU ratio and error ratio (100 − mIoU) to the FPN of the
+same set, averaged over its seeds), with several seeds also the mean and spread per set and model,
+and writes them with every detail to ``benchmarks/results/own_data_<date>.json`` and ``.csv``
+(date, CPU, commit).
 
     python benchmarks/own_data.py                                  # all sets, 10 minutes (CamVid 15)
     python benchmarks/own_data.py --sets crackforest --minutes 0.5 # a quick screen
+    python benchmarks/own_data.py --sets crackforest --seeds 0,1,2 --models product,smp_fpn
     python benchmarks/own_data.py --models product,smp_fpn \\
         --product-extra "train.model.backbone=tf_efficientnet_lite0 data.num_classes={num_classes}"
 
@@ -42,6 +49,7 @@ import csv
 import json
 import math
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -125,6 +133,43 @@ def prepare_set(name: str, work: Path) -> BenchSet:
     )
 
 
+# ------------------------------------------------------------------------------ a quiet machine
+
+
+class OtherLoad:
+    """Cores other processes kept busy while a run's subprocess ran: the machine's busy time
+    (``/proc/stat``, niced work included) less this process's children's CPU time, over the wall
+    time. A run beside other work trains fewer steps; its row says so instead of passing as quiet."""
+
+    def __enter__(self) -> OtherLoad:
+        self.cores = None
+        self._start = (self._busy_s(), self._children_s(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, children, now = self._busy_s(), self._children_s(), time.perf_counter()
+        if None not in (busy, self._start[0]) and now > self._start[2]:
+            other = (busy - self._start[0]) - (children - self._start[1])
+            self.cores = max(0.0, other / (now - self._start[2]))
+
+    @staticmethod
+    def _busy_s() -> float | None:
+        try:
+            fields = [int(f) for f in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        except (OSError, ValueError, IndexError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _children_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+
+BUSY_WARNING = 0.1  # cores of other work during a run above which its row is marked disturbed
+
+
 # ------------------------------------------------------------------------------------ product
 
 
@@ -146,11 +191,13 @@ def expand_extra(text: str, bench: BenchSet) -> list[str]:
     return tokens
 
 
-def product_command(bench: BenchSet, minutes: float, weights: str, experiments_dir: Path, name: str, extra: list[str]) -> str:
+def product_command(bench: BenchSet, minutes: float, weights: str, experiments_dir: Path, name: str, extra: list[str],
+                    seed: int = 0) -> str:
     data = f"data=camvid data.root={shlex.quote(str(CAMVID))}" if bench.is_camvid else f"data=folder data.root={shlex.quote(str(bench.train_root))}"
     return (
         f"effdetseg train {data} train.max_minutes={minutes:g} train.model.backbone_pretrained={shlex.quote(weights)} "
         f"experiment_name={shlex.quote(name)} experiments_dir={shlex.quote(str(experiments_dir))}"
+        + (f" seed={seed}" if seed else "")
         + "".join(f" {shlex.quote(token)}" for token in extra)
     )
 
@@ -173,10 +220,10 @@ def run_logged(command: str, log: Path) -> float:
         raise SystemExit(f"{command.split()[1]}: {lines[-1].strip() if lines else 'failed'} (log: {log})") from None
 
 
-def run_product(bench: BenchSet, minutes: float, weights: str, work: Path, extra_text: str) -> dict:
-    name = f"{bench.name}_product"
+def run_product(bench: BenchSet, minutes: float, weights: str, work: Path, extra_text: str, seed: int = 0) -> dict:
+    name = f"{bench.name}_product" + (f"_seed{seed}" if seed else "")
     logs = work / "logs"
-    command = product_command(bench, minutes, weights, work / "experiments", name, expand_extra(extra_text, bench))
+    command = product_command(bench, minutes, weights, work / "experiments", name, expand_extra(extra_text, bench), seed)
     print(f"$ {command}", flush=True)
     wall = run_logged(command, logs / f"{name}_train.log")
     run_dir = work / "experiments" / name
@@ -186,9 +233,9 @@ def run_product(bench: BenchSet, minutes: float, weights: str, work: Path, extra
     return {**quality.read_product_run(run_dir, report, bench.classes), "wall_s": wall, "command": command}
 
 
-def run_baseline(bench: BenchSet, model: str, minutes: float) -> dict:
+def run_baseline(bench: BenchSet, model: str, minutes: float, seed: int = 0) -> dict:
     spec = quality.RunSpec(
-        model, "minutes", minutes, quality.Recipe(),
+        model, "minutes", minutes, quality.Recipe(seed=seed),
         train_root=None if bench.is_camvid else str(bench.train_root),
         test_root=None if bench.is_camvid else str(bench.test_root),
     )
@@ -223,13 +270,42 @@ def machine() -> dict:
     }
 
 
+def mean_miou(rows: list[dict], set_name: str, model: str) -> float | None:
+    """The mean mIoU of a set's runs of ``model`` over its seeds (None without one)."""
+    values = [r["miou"] for r in rows if r["set"] == set_name and r["model"] == model and r.get("miou") is not None]
+    return sum(values) / len(values) if values else None
+
+
 def add_ratios(rows: list[dict]) -> None:
-    """mIoU and error (100 − mIoU) of each row against the FPN of its set (None without one)."""
+    """mIoU and error (100 − mIoU) of each row against the FPN of its set, its mean over the seeds
+    (None without one)."""
     for row in rows:
-        fpn = next((r for r in rows if r["set"] == row["set"] and r["model"] == "smp_fpn" and r.get("miou") is not None), None)
+        fpn = mean_miou(rows, row["set"], "smp_fpn")
         ok = fpn is not None and row.get("miou") is not None
-        row["miou_ratio"] = row["miou"] / fpn["miou"] if ok and fpn["miou"] else None
-        row["error_ratio"] = (1 - row["miou"]) / (1 - fpn["miou"]) if ok and fpn["miou"] < 1 else None
+        row["miou_ratio"] = row["miou"] / fpn if ok and fpn else None
+        row["error_ratio"] = (1 - row["miou"]) / (1 - fpn) if ok and fpn < 1 else None
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """One row per (set, model): the mean and spread over seeds, and the ratios of the means."""
+    out = []
+    for key in dict.fromkeys((r["set"], r["model"]) for r in rows):
+        runs = [r["miou"] for r in rows if (r["set"], r["model"]) == key and r.get("miou") is not None]
+        if not runs:
+            continue
+        mean, fpn = sum(runs) / len(runs), mean_miou(rows, key[0], "smp_fpn")
+        spread = (sum((v - mean) ** 2 for v in runs) / (len(runs) - 1)) ** 0.5 if len(runs) > 1 else None
+        out.append({"set": key[0], "model": key[1], "seeds": len(runs), "miou_mean": mean, "miou_sd": spread,
+                    "error_ratio": (1 - mean) / (1 - fpn) if fpn is not None and fpn < 1 else None})
+    return out
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = ["| set | model | seeds | mean mIoU | sd | error / FPN |", "|---|---|---|---|---|---|"]
+    for r in summary(rows):
+        lines.append(f"| {r['set']} | {r['model']} | {r['seeds']} | {_pct(r['miou_mean'])} | {_pct(r['miou_sd'])} | "
+                     + ("–" if r["error_ratio"] is None else f"{r['error_ratio']:.3f}") + " |")
+    return "\n".join(lines)
 
 
 def _pct(value) -> str:
@@ -241,15 +317,18 @@ def per_class_text(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    header = ["set", "model", "minutes", "mIoU", "per-class IoU", "steps", "train s", "wall s", "mIoU / FPN", "error / FPN"]
+    header = ["set", "model", "seed", "minutes", "mIoU", "per-class IoU", "steps", "train s", "wall s", "other load",
+              "mIoU / FPN", "error / FPN"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         if r.get("error"):
-            cells = [r["set"], r["model"], f"{r['minutes']:g}", "failed", r["error"], "", "", "", "", ""]
+            cells = [r["set"], r["model"], str(r["seed"]), f"{r['minutes']:g}", "failed", r["error"], "", "", "", "", "", ""]
         else:
+            load = r.get("other_load")
             cells = [
-                r["set"], r["model"], f"{r['minutes']:g}", _pct(r["miou"]), per_class_text(r), str(r["steps"]),
+                r["set"], r["model"], str(r["seed"]), f"{r['minutes']:g}", _pct(r["miou"]), per_class_text(r), str(r["steps"]),
                 f"{r['train_s']:.0f}", f"{r['wall_s']:.0f}",
+                "–" if load is None else f"{load:.2f}" + (" (disturbed)" if load > BUSY_WARNING else ""),
                 "–" if r["miou_ratio"] is None else f"{r['miou_ratio']:.3f}",
                 "–" if r["error_ratio"] is None else f"{r['error_ratio']:.3f}",
             ]
@@ -257,13 +336,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("date", "cpu", "commit", "set", "model", "minutes", "train_images", "test_images", "miou", "per_class_iou",
-              "steps", "train_s", "wall_s", "miou_ratio", "error_ratio", "error")
+CSV_FIELDS = ("date", "cpu", "commit", "set", "model", "seed", "minutes", "train_images", "test_images", "miou",
+              "per_class_iou", "steps", "train_s", "wall_s", "other_load", "miou_ratio", "error_ratio", "error")
 
 
 def write_results(path_stem: Path, info: dict, rows: list[dict]) -> None:
     path_stem.parent.mkdir(parents=True, exist_ok=True)
-    path_stem.with_suffix(".json").write_text(json.dumps({**info, "results": rows}, indent=1, default=str) + "\n")
+    path_stem.with_suffix(".json").write_text(json.dumps({**info, "results": rows, "summary": summary(rows)}, indent=1, default=str) + "\n")
     with open(path_stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
         writer.writeheader()
@@ -294,11 +373,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"budget per run for every set (default: {OWN_MINUTES:g}, CamVid {CAMVID_MINUTES:g})")
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--product-extra", default="", help="overrides appended to the product's command (see above)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds: every model runs once per seed (default: 0)")
     parser.add_argument("--work-dir", help="temporary roots, experiments and logs (default: a new temporary folder)")
     parser.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and CSV go (default: benchmarks/results)")
     args = parser.parse_args(argv)
     sets = parse_list(args.sets, SETS, "sets")
     models = parse_list(args.models, MODELS, "models")
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     if args.minutes is not None and args.minutes <= 0:
         raise SystemExit("--minutes must be positive")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="own_data_")).resolve()
@@ -316,24 +400,33 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for bench in benches:
         minutes = args.minutes if args.minutes is not None else (CAMVID_MINUTES if bench.is_camvid else OWN_MINUTES)
-        for model in models:
-            row = {"set": bench.name, "model": model, "minutes": minutes,
-                   "train_images": bench.train_count, "test_images": bench.test_count}
-            try:
-                if model == PRODUCT:
-                    row |= run_product(bench, minutes, weights, work, args.product_extra)
-                else:
-                    row |= run_baseline(bench, model, minutes)
-                print(f"{bench.name} {model}: mIoU {_pct(row['miou'])} in {row['steps']} steps, {row['train_s']:.0f} s "
-                      f"of training, {row['wall_s']:.0f} s in all", flush=True)
-            except SystemExit as failure:
-                row |= {"miou": None, "error": str(failure)}
-                print(f"{bench.name} {model}: failed: {failure}", flush=True)
-            rows.append(row)
-            add_ratios(rows)
-            write_results(stem, info, rows)
+        for seed in seeds:
+            for model in models:
+                row = {"set": bench.name, "model": model, "seed": seed, "minutes": minutes,
+                       "train_images": bench.train_count, "test_images": bench.test_count}
+                try:
+                    with OtherLoad() as load:
+                        if model == PRODUCT:
+                            row |= run_product(bench, minutes, weights, work, args.product_extra, seed)
+                        else:
+                            row |= run_baseline(bench, model, minutes, seed)
+                    row["other_load"] = load.cores
+                    disturbed = load.cores is not None and load.cores > BUSY_WARNING
+                    print(f"{bench.name} {model} seed {seed}: mIoU {_pct(row['miou'])} in {row['steps']} steps, "
+                          f"{row['train_s']:.0f} s of training, {row['wall_s']:.0f} s in all"
+                          + (f"; warning: other processes kept {load.cores:.2f} cores busy meanwhile" if disturbed else ""),
+                          flush=True)
+                except SystemExit as failure:
+                    row |= {"miou": None, "error": str(failure)}
+                    print(f"{bench.name} {model}: failed: {failure}", flush=True)
+                rows.append(row)
+                add_ratios(rows)
+                write_results(stem, info, rows)
     print()
     print(table(rows))
+    if len(seeds) > 1:
+        print()
+        print(summary_table(rows))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.csv')}")
     return 1 if any(r.get("error") for r in rows) else 0
 

@@ -95,3 +95,32 @@ def test_ratios_to_the_fpn():
     assert rows[0]["miou_ratio"] == pytest.approx(0.8 / 0.6) and rows[0]["error_ratio"] == pytest.approx(0.2 / 0.4)
     assert rows[1]["error_ratio"] == pytest.approx(1.0)
     assert rows[2]["miou_ratio"] is None and rows[2]["error_ratio"] is None
+
+
+def test_the_load_of_other_processes_is_measured_apart_from_the_run():
+    import subprocess
+    import time as clock
+
+    with own_data.OtherLoad() as own:  # the run itself (a child) is not other load
+        subprocess.run([sys.executable, "-c", "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass"], check=True)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        clock.sleep(0.1)
+        with own_data.OtherLoad() as other:
+            clock.sleep(0.6)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert own.cores is not None and other.cores is not None
+    assert other.cores > 0.6 and other.cores > own.cores + 0.4
+
+
+def test_seeds_are_averaged_against_the_fpns_mean():
+    rows = [{"set": "s", "model": "smp_fpn", "seed": 0, "miou": 0.6}, {"set": "s", "model": "smp_fpn", "seed": 1, "miou": 0.8},
+            {"set": "s", "model": "product", "seed": 0, "miou": 0.8}, {"set": "s", "model": "product", "seed": 1, "miou": 0.9}]
+    own_data.add_ratios(rows)
+    assert rows[2]["error_ratio"] == pytest.approx(0.2 / 0.3)
+    (fpn, product) = own_data.summary(rows)
+    assert product["seeds"] == 2 and product["miou_mean"] == pytest.approx(0.85)
+    assert product["miou_sd"] == pytest.approx(0.0707, abs=1e-3) and product["error_ratio"] == pytest.approx(0.15 / 0.3)
+    assert "| s | product | 2 | 85.0 | 7.1 | 0.500 |" in own_data.summary_table(rows)
