@@ -22,9 +22,11 @@ scoring. CamVid trains on train and is scored on val (the preset's validation sp
 
 The budgets differ in what they count: ``train.max_minutes`` bounds the whole command (setup, data
 cache, validation and checkpoints included), the loop's minutes are pure optimizer-step time.
-Each training run is its own subprocess, one after another; ``--seeds 0,1,2`` runs every model once
+Each training run is its own subprocess, one after another. ``--seeds 0,1,2`` runs every model once
 per seed (the command gets ``seed=S``, the loop its own seed), since a few test images and one seed
-leave differences of a few points to chance. Every row records the cores other processes kept busy
+leave differences of a few points to chance. ``--product-variants 'no freeze=train.freeze_backbone_stride=0;…'``
+runs the command again per variant with those overrides (a rule of the plan switched off: its
+ablation, as model ``product[no freeze]``, with its difference to the plan). Every row records the cores other processes kept busy
 while it ran (``/proc/stat`` less this benchmark's own children): a row above 0.1 is marked
 disturbed, as its run trained fewer steps than a quiet machine gives. Prints one table (mIoU,
 per-class IoU, steps, seconds, other load, mIoU ratio and error ratio (100 − mIoU) to the FPN of the
@@ -49,6 +51,7 @@ import csv
 import json
 import math
 import os
+import re
 import resource
 import shlex
 import subprocess
@@ -220,8 +223,9 @@ def run_logged(command: str, log: Path) -> float:
         raise SystemExit(f"{command.split()[1]}: {lines[-1].strip() if lines else 'failed'} (log: {log})") from None
 
 
-def run_product(bench: BenchSet, minutes: float, weights: str, work: Path, extra_text: str, seed: int = 0) -> dict:
-    name = f"{bench.name}_product" + (f"_seed{seed}" if seed else "")
+def run_product(bench: BenchSet, minutes: float, weights: str, work: Path, extra_text: str, seed: int = 0,
+                label: str = PRODUCT) -> dict:
+    name = f"{bench.name}_{label}" + (f"_seed{seed}" if seed else "")
     logs = work / "logs"
     command = product_command(bench, minutes, weights, work / "experiments", name, expand_extra(extra_text, bench), seed)
     print(f"$ {command}", flush=True)
@@ -295,16 +299,19 @@ def summary(rows: list[dict]) -> list[dict]:
             continue
         mean, fpn = sum(runs) / len(runs), mean_miou(rows, key[0], "smp_fpn")
         spread = (sum((v - mean) ** 2 for v in runs) / (len(runs) - 1)) ** 0.5 if len(runs) > 1 else None
+        plan = mean_miou(rows, key[0], PRODUCT)
         out.append({"set": key[0], "model": key[1], "seeds": len(runs), "miou_mean": mean, "miou_sd": spread,
-                    "error_ratio": (1 - mean) / (1 - fpn) if fpn is not None and fpn < 1 else None})
+                    "error_ratio": (1 - mean) / (1 - fpn) if fpn is not None and fpn < 1 else None,
+                    "vs_plan": mean - plan if plan is not None and key[1] != PRODUCT else None})
     return out
 
 
 def summary_table(rows: list[dict]) -> str:
-    lines = ["| set | model | seeds | mean mIoU | sd | error / FPN |", "|---|---|---|---|---|---|"]
+    lines = ["| set | model | seeds | mean mIoU | sd | error / FPN | − the plan |", "|---|---|---|---|---|---|---|"]
     for r in summary(rows):
         lines.append(f"| {r['set']} | {r['model']} | {r['seeds']} | {_pct(r['miou_mean'])} | {_pct(r['miou_sd'])} | "
-                     + ("–" if r["error_ratio"] is None else f"{r['error_ratio']:.3f}") + " |")
+                     + ("–" if r["error_ratio"] is None else f"{r['error_ratio']:.3f}")
+                     + (" | –" if r["vs_plan"] is None else f" | {100 * r['vs_plan']:+.1f}") + " |")
     return "\n".join(lines)
 
 
@@ -358,6 +365,19 @@ def write_results(path_stem: Path, info: dict, rows: list[dict]) -> None:
 # ------------------------------------------------------------------------------------- driver
 
 
+def parse_variants(text: str) -> list[tuple[str, str]]:
+    """``--product-variants``: ``NAME=OVERRIDES;…`` as (name, overrides) pairs."""
+    variants = []
+    for item in (part.strip() for part in text.split(";")):
+        name, sep, extra = item.partition("=")
+        if not item:
+            continue
+        if not sep or not name.strip() or not extra.strip() or not re.fullmatch(r"[\w .+-]+", name.strip()):
+            raise SystemExit(f"--product-variants: expected NAME=OVERRIDES (NAME of letters, digits, spaces, . + -), got {item!r}")
+        variants.append((name.strip(), extra.strip()))
+    return variants
+
+
 def parse_list(text: str, known: tuple[str, ...], what: str) -> list[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     unknown = [item for item in items if item not in known]
@@ -373,12 +393,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"budget per run for every set (default: {OWN_MINUTES:g}, CamVid {CAMVID_MINUTES:g})")
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--product-extra", default="", help="overrides appended to the product's command (see above)")
+    parser.add_argument("--product-variants", default="",
+                        help="ablations: 'NAME=OVERRIDES;NAME=OVERRIDES', each run after the product as model product[NAME]")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds: every model runs once per seed (default: 0)")
     parser.add_argument("--work-dir", help="temporary roots, experiments and logs (default: a new temporary folder)")
     parser.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and CSV go (default: benchmarks/results)")
     args = parser.parse_args(argv)
     sets = parse_list(args.sets, SETS, "sets")
     models = parse_list(args.models, MODELS, "models")
+    variants = parse_variants(args.product_variants)
+    if variants and PRODUCT not in models:
+        raise SystemExit("--product-variants: add product to --models (the variants are compared with it)")
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
@@ -401,13 +426,15 @@ def main(argv: list[str] | None = None) -> int:
     for bench in benches:
         minutes = args.minutes if args.minutes is not None else (CAMVID_MINUTES if bench.is_camvid else OWN_MINUTES)
         for seed in seeds:
-            for model in models:
+            runs = [(m, "") for m in models] + [(f"{PRODUCT}[{name}]", extra) for name, extra in variants]
+            for model, variant_extra in runs:
                 row = {"set": bench.name, "model": model, "seed": seed, "minutes": minutes,
                        "train_images": bench.train_count, "test_images": bench.test_count}
                 try:
                     with OtherLoad() as load:
-                        if model == PRODUCT:
-                            row |= run_product(bench, minutes, weights, work, args.product_extra, seed)
+                        if model.startswith(PRODUCT):
+                            row |= run_product(bench, minutes, weights, work, f"{args.product_extra} {variant_extra}", seed,
+                                               model.replace("[", "_").replace("]", "").replace(" ", "_"))
                         else:
                             row |= run_baseline(bench, model, minutes, seed)
                     row["other_load"] = load.cores
@@ -424,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_results(stem, info, rows)
     print()
     print(table(rows))
-    if len(seeds) > 1:
+    if len(seeds) > 1 or variants:
         print()
         print(summary_table(rows))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.csv')}")

@@ -123,4 +123,14 @@ def test_seeds_are_averaged_against_the_fpns_mean():
     (fpn, product) = own_data.summary(rows)
     assert product["seeds"] == 2 and product["miou_mean"] == pytest.approx(0.85)
     assert product["miou_sd"] == pytest.approx(0.0707, abs=1e-3) and product["error_ratio"] == pytest.approx(0.15 / 0.3)
-    assert "| s | product | 2 | 85.0 | 7.1 | 0.500 |" in own_data.summary_table(rows)
+    assert "| s | product | 2 | 85.0 | 7.1 | 0.500 | – |" in own_data.summary_table(rows)
+    rows.append({"set": "s", "model": "product[no freeze]", "seed": 0, "miou": 0.82})
+    assert own_data.summary(rows)[-1]["vs_plan"] == pytest.approx(-0.03)
+
+
+def test_variants_parse_and_refuse_in_one_line():
+    assert own_data.parse_variants("no freeze=train.freeze_backbone_stride=0; ce=train.loss.region=null a=b;") == [
+        ("no freeze", "train.freeze_backbone_stride=0"), ("ce", "train.loss.region=null a=b")]
+    for bad in ("nofreeze", "=x=1", "a/b=x=1"):
+        with pytest.raises(SystemExit, match="--product-variants"):
+            own_data.parse_variants(bad)
