@@ -27,7 +27,8 @@ from effdetseg.deploy.prepare import fold_batchnorm
 from effdetseg.deploy.quantize import open_image_source
 from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, NncfRecipe, quantize_openvino, require_nncf
 from effdetseg.deploy.runtimes import require_openvino
-from effdetseg.io.record import build_model, read_model_file
+from effdetseg.io.build import model_from_file
+from effdetseg.io.model_files import read_model_file
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 PAD_ONLY = ("pad", "stem", "classifier", "upsampler")
@@ -69,7 +70,7 @@ def main() -> None:
 
     file = read_model_file(args.checkpoint)
     record = file.record
-    network = build_model(file).eval()
+    network = model_from_file(file).eval()
     model = openvino_model(onnx_bytes(fold_batchnorm(network)[0], record), record)
     train, val = open_image_source(f"{args.data_root}/train"), open_image_source(f"{args.data_root}/val")
 

@@ -20,7 +20,8 @@ from effdetseg.deploy.demo import DemoModel, model_card
 from effdetseg.engine.metrics import SegmentationMetrics
 from effdetseg.errors import EffdetsegError
 from effdetseg.io.labels import LabelSet
-from effdetseg.io.record import Preprocessing, Provenance, read_model_file
+from effdetseg.io.model_files import read_model_file
+from effdetseg.io.record import Preprocessing, Provenance
 
 VOC_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012_sample" / "JPEGImages"
 LABELS = LabelSet(("sky", "road", "car"), ((0, 0, 255), (128, 128, 128), (255, 0, 0)))

@@ -214,7 +214,7 @@ def test_train_follows_the_plan_on_mixed_real_world_files(tmp_path):
     plan = json.loads((run / "plan.json").read_text())
     assert plan["fingerprint"]["num_classes"] == 3 and plan["fingerprint"]["modes"]["I;16"] == 1
     assert "training plan" in (run / "train.log").read_text()
-    from effdetseg.io.record import read_model_file
+    from effdetseg.io.model_files import read_model_file
 
     record = read_model_file(run / "best.pth").record
     assert record.labels.names == ("background", "spot", "stripe")

@@ -3,7 +3,9 @@ from ._version import __version__
 from .deploy.hub import from_pretrained, save_pretrained
 from .deploy.predictor import Predictor
 from .deploy.prepare import prepare_for_inference
-from .io.record import ModelRecord, load_model, read_record, save_model
+from .io.build import load_model
+from .io.model_files import read_record, save_model
+from .io.record import ModelRecord
 from .models import create_model, list_models
 
 __all__ = [

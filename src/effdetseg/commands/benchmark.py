@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import EffdetsegError
+from ..io.record import parse_size
 from .args import ArgumentParser, add_device, positive
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -128,13 +128,14 @@ def _table_models(args: argparse.Namespace) -> list:
 
     if args.checkpoint:
         from ..deploy.predictor import check_segmentation
-        from ..io.record import build_model, read_model_file
+        from ..io.build import model_from_file
+        from ..io.model_files import read_model_file
 
         file = read_model_file(args.checkpoint)
         if file.record is None:
             raise EffdetsegError(f"{args.checkpoint}: a bare state dict has no record; --backends needs an effdetseg checkpoint")
         check_segmentation(file.record, args.checkpoint)
-        return [build_model(file)]
+        return [model_from_file(file)]
     torch.manual_seed(0)
     return [candidate.build() for candidate in zoo_candidates(args.model, args.num_classes)]
 
@@ -178,11 +179,11 @@ def check_json(path: Path) -> None:
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)(?:[x×](\d+))?", text.strip())
-    if not match:
-        raise EffdetsegError(f"--resolution {text!r}: expected a size such as 512 or 384x512")
-    height = int(match.group(1))
-    width = int(match.group(2) or height)
+    """``--resolution``: a size (see :func:`effdetseg.io.record.parse_size`) of positive sides."""
+    try:
+        height, width = parse_size(text)
+    except ValueError:
+        raise EffdetsegError(f"--resolution {text!r}: expected a size such as 512 or 384x512") from None
     if height <= 0 or width <= 0:
         raise EffdetsegError(f"--resolution {text!r}: sizes must be positive")
     return height, width

@@ -286,13 +286,14 @@ def _export_hub(args: argparse.Namespace) -> int:
     """--format hub: the model folder of ``save_pretrained`` (no tracing, no parity check: the
     weights are the checkpoint's, bit for bit)."""
     from ..deploy.hub import save_pretrained
-    from ..io.record import build_model, read_model_file
+    from ..io.build import model_from_file
+    from ..io.model_files import read_model_file
 
     if args.int8 or args.image or args.resolution is not None:
         raise EffdetsegError("--int8, --image and --resolution are for ONNX / TorchScript / OpenVINO exports, not --format hub")
     if args.weights:
         source = Path(args.weights)
-        model = build_model(read_model_file(source), model_name=args.model, num_classes=args.num_classes)
+        model = model_from_file(read_model_file(source), model_name=args.model, num_classes=args.num_classes)
     else:
         source = Path(args.checkpoint)
         model = None
@@ -300,7 +301,7 @@ def _export_hub(args: argparse.Namespace) -> int:
     if output.exists() and not output.is_dir():
         raise EffdetsegError(f"{output}: --output must be a folder with --format hub")
     from ..io.files import check_replaceable
-    from ..io.record import FOLDER_WEIGHTS
+    from ..io.model_files import FOLDER_WEIGHTS
 
     check_replaceable(output / FOLDER_WEIGHTS)  # an earlier model folder's weights are not replaced
     folder = save_pretrained(
@@ -321,7 +322,9 @@ def main(argv: list[str]) -> int:
     from ..deploy.prepare import fold_batchnorm
     from ..devices import resolve_device
     from ..io.files import ensure_output_folder
-    from ..io.record import ModelRecord, build_model, read_model_file
+    from ..io.build import model_from_file
+    from ..io.model_files import read_model_file
+    from ..io.record import ModelRecord
 
     if bool(args.checkpoint) == bool(args.weights):
         raise EffdetsegError("give exactly one of --checkpoint PATH or --weights PATH (with --model and --num-classes)")
@@ -360,7 +363,7 @@ def main(argv: list[str]) -> int:
         images, image_name = [generated_parity_image()], "a generated scene"
 
     file = read_model_file(source)
-    model = build_model(file, model_name=args.model, num_classes=args.num_classes)
+    model = model_from_file(file, model_name=args.model, num_classes=args.num_classes)
     record = file.record or ModelRecord.for_model(model)
     check_segmentation(record, source)
     record = replace(record, preprocessing=record.preprocessing.with_resolution(args.resolution))

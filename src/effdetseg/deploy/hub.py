@@ -25,7 +25,9 @@ from torch import nn
 from ..errors import EffdetsegError, first_line
 from ..io.files import atomic_write, ensure_output_folder, run_owner
 from ..io.labels import LabelSet
-from ..io.record import FOLDER_RECORD, FOLDER_WEIGHTS, ModelRecord, load_model, read_model_file, unwrap, write_model_folder
+from ..io.build import load_model
+from ..io.model_files import FOLDER_RECORD, FOLDER_WEIGHTS, read_model_file, write_model_folder
+from ..io.record import ModelRecord, unwrap
 from .card import class_ious, hub_model_card
 from .predictor import check_segmentation
 

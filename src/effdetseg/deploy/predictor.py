@@ -31,14 +31,9 @@ from ..data.image_io import read_image
 from ..devices import resolve_device
 from ..errors import EffdetsegError
 from ..io.labels import LabelSet
-from ..io.record import (
-    SEGMENTATION_FAMILIES,
-    ModelRecord,
-    Preprocessing,
-    build_model,
-    legacy_record,
-    read_model_file,
-)
+from ..io.build import model_from_file
+from ..io.model_files import legacy_record, read_model_file
+from ..io.record import SEGMENTATION_FAMILIES, ModelRecord, Preprocessing
 from .inference import NO_TTA, ModelRunner, Runner, TestTimeAugmentation, preprocess, segment
 from .prepare import prepare_for_inference
 from .runtimes import (
@@ -238,7 +233,7 @@ class Predictor:
 
                 if model_family(model_name) not in SEGMENTATION_FAMILIES:
                     raise EffdetsegError(f"--model: {model_name!r} is not a segmentation model (for classifiers use `effdetseg classify`)")
-            network = build_model(file, model_name=model_name, num_classes=num_classes)
+            network = model_from_file(file, model_name=model_name, num_classes=num_classes)
             self.num_classes = int(network.num_classes)
             return file.record or ModelRecord.for_model(network), network
         if self.choice.backend == "auto":

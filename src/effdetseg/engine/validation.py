@@ -28,7 +28,7 @@ from ..deploy.inference import segment
 from ..deploy.prepare import prepare_for_inference
 from ..errors import EffdetsegError
 from ..io.labels import LabelSet
-from ..io.record import read_model_file
+from ..io.model_files import read_model_file
 from . import experiment as exp
 from . import plots
 from .budget import TimeBudget
