@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from effdetseg import create_model
+from effdetseg.benchmarking.model_table import cpu_peak_bytes
 from effdetseg.cli import main as cli
 from effdetseg.commands.args import parse_window
 from effdetseg.commands.benchmark import parse_resolution
-from effdetseg.deploy.benchmark import cpu_peak_bytes
-from effdetseg.deploy.timing import time_alternating
-from effdetseg.deploy.complexity import count_parameters, model_complexity
 from effdetseg.errors import EffdetsegError
+from effdetseg.inference.timing import time_alternating
 from effdetseg.io.record import Preprocessing, parse_size
+from effdetseg.models.complexity import count_parameters, model_complexity
 
 
 @pytest.mark.slow

@@ -14,10 +14,10 @@ from effdetseg.cli import main
 from effdetseg.configs.compose import compose
 from effdetseg.data.cache import DecodedStore, cgroup_memory_left
 from effdetseg.data.fingerprint import take_fingerprint
-from effdetseg.deploy import inference
 from effdetseg.engine import plan as plan_module
 from effdetseg.engine.plan import plan_training, user_keys
 from effdetseg.errors import EffdetsegError
+from effdetseg.inference import segment as inference
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 CAMVID = SHARED / "camvid"

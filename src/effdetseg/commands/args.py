@@ -37,8 +37,8 @@ def add_model_source(parser: argparse.ArgumentParser, exported: bool = True) -> 
 
 
 def add_backend(parser: argparse.ArgumentParser) -> None:
-    """``--backend``: what runs the network (see :mod:`effdetseg.deploy.runtimes`)."""
-    from ..deploy.runtimes import BACKEND_CHOICES
+    """``--backend``: what runs the network (see :mod:`effdetseg.inference.backends`)."""
+    from ..inference.backends import BACKEND_CHOICES
 
     parser.add_argument(
         "--backend", choices=BACKEND_CHOICES,
@@ -118,7 +118,7 @@ def add_tta(parser: argparse.ArgumentParser) -> None:
 
 def tta_from_args(args: argparse.Namespace, training_size: tuple[int, int] | None):
     """The ``TestTimeAugmentation`` of ``--tta``, ``--slide`` and ``--window``."""
-    from ..deploy.inference import TestTimeAugmentation
+    from ..inference.segment import TestTimeAugmentation
 
     flip, scales = parse_tta(args.tta)
     return TestTimeAugmentation(flip=flip, scales=scales, window=parse_window(args.slide, args.window, training_size))

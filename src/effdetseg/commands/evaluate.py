@@ -78,19 +78,19 @@ def main(argv: list[str]) -> int:
     import torch
 
     from ..data import build_dataset, build_label_set
-    from ..deploy.predictor import check_segmentation
-    from ..deploy.prepare import prepare_for_inference
     from ..devices import slow_bf16_warning
     from ..engine.distributed import cleanup_distributed, init_distributed
     from ..engine.evaluate import evaluate
     from ..engine.loaders import plan_cpu, val_loader
-    from ..io.files import check_replaceable, ensure_output_folder, write_text_atomic
+    from ..inference.predictor import check_segmentation
+    from ..inference.prepare import prepare_for_inference
     from ..io.build import model_from_file
+    from ..io.files import check_replaceable, ensure_output_folder, write_text_atomic
     from ..io.model_files import read_model_file
     from ..io.record import ResizeMode
 
-    from ..deploy.predictor import Predictor
-    from ..deploy.runtimes import canonical_backend, detect_format
+    from ..inference.backends import canonical_backend, detect_format
+    from ..inference.predictor import Predictor
 
     backend = canonical_backend(args.backend) if args.backend else None
     eager = detect_format(checkpoint) == "torch" and backend in (None, "torch")
