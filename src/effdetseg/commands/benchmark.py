@@ -18,7 +18,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 
 
 def build_parser() -> ArgumentParser:
-    from ..export.quantize_openvino import DEFAULT_KEEP_FLOAT  # numpy only: OpenVINO is imported when used
+    from ..export.quantize_openvino import DEFAULT_KEEP_FLOAT  # OpenVINO and NNCF are imported when used
 
     parser = ArgumentParser(
         prog="effdetseg benchmark",

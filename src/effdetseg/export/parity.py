@@ -86,4 +86,3 @@ def parity_check(reference: nn.Module | Runner, exported: ExportedModel, images:
                 )
             )
     return results
-

@@ -159,8 +159,6 @@ def check_model_files(path: Path) -> None:
             raise EffdetsegError(f"{file}: not a regular file (a FIFO, a device or a folder); a model file is read whole")
 
 
-
-
 def openvino_metadata(model: Any) -> dict[str, str]:
     """The effdetseg entries of an OpenVINO model's rt_info (the record, how it was quantized)."""
     metadata = {}
