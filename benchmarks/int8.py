@@ -35,13 +35,14 @@ import numpy as np
 import torch
 
 from effdetseg import Predictor, create_model, load_model, save_model
+from effdetseg.benchmarking.exported_files import eager_and_onnx_runners
 from effdetseg.data import read_image, read_mask
-from effdetseg.deploy.benchmark import eager_and_onnx_runners
-from effdetseg.deploy.timing import time_alternating, timing_table, torch_threads
-from effdetseg.deploy.export import export_onnx
-from effdetseg.deploy.prepare import fold_batchnorm
-from effdetseg.deploy.quantize import Agreement, QuantizationRecipe, open_image_source, quantize_onnx, split_images
 from effdetseg.engine.metrics import ConfusionMatrix
+from effdetseg.export.calibration import Agreement, open_image_source, split_images
+from effdetseg.export.formats import export_onnx
+from effdetseg.export.quantize_onnx import QuantizationRecipe, quantize_onnx
+from effdetseg.inference.prepare import fold_batchnorm
+from effdetseg.inference.timing import time_alternating, timing_table, torch_threads
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 CAMVID_IGNORE = 11

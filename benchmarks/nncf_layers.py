@@ -4,7 +4,7 @@ The checkpoint is exported as `effdetseg export --format openvino` does (BatchNo
 by OpenVINO); each variant is the export's NNCF quantization (`quantize_openvino`) with the same calibration images
 (CamVid train frames, spread over the split, preprocessed by the one inference path with the
 checkpoint's record) and a different set of layers kept in fp32: the named groups of
-`effdetseg.deploy.quantize_openvino.SENSITIVE_LAYERS` (its `ignored_scope`) plus, per variant, extra name patterns or
+`effdetseg.export.quantize_openvino.SENSITIVE_LAYERS` (its `ignored_scope`) plus, per variant, extra name patterns or
 OpenVINO operation types. Each quantized model is scored by the fraction of pixels whose argmax
 matches OpenVINO fp32 on held-out CamVid val frames. Needs the extra: pip install -e '.[openvino]'.
 
@@ -21,13 +21,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effdetseg.deploy.export import onnx_bytes, openvino_model
-from effdetseg.deploy.inference import preprocess
-from effdetseg.deploy.prepare import fold_batchnorm
-from effdetseg.deploy.quantize import open_image_source
-from effdetseg.deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, LayerGroup, NncfRecipe, quantize_openvino, require_nncf
-from effdetseg.deploy.runtimes import require_openvino
-from effdetseg.io.record import build_model, read_model_file
+from effdetseg.export.calibration import open_image_source
+from effdetseg.export.formats import openvino_model
+from effdetseg.export.quantize_openvino import (
+    DEFAULT_KEEP_FLOAT,
+    LayerGroup,
+    NncfRecipe,
+    quantize_openvino,
+    require_nncf,
+)
+from effdetseg.inference.backends import require_openvino
+from effdetseg.inference.onnx_graph import onnx_bytes
+from effdetseg.inference.prepare import fold_batchnorm
+from effdetseg.inference.segment import preprocess
+from effdetseg.io.build import model_from_file
+from effdetseg.io.model_files import read_model_file
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 PAD_ONLY = ("pad", "stem", "classifier", "upsampler")
@@ -69,7 +77,7 @@ def main() -> None:
 
     file = read_model_file(args.checkpoint)
     record = file.record
-    network = build_model(file).eval()
+    network = model_from_file(file).eval()
     model = openvino_model(onnx_bytes(fold_batchnorm(network)[0], record), record)
     train, val = open_image_source(f"{args.data_root}/train"), open_image_source(f"{args.data_root}/val")
 

@@ -62,8 +62,8 @@ def test_a_model_trained_with_aux_heads_exports_exactly_as_one_without(tmp_path)
     the same weights in a model that never had heads."""
     import onnx
 
-    from effdetseg.deploy.complexity import count_macs, count_parameters
     from effdetseg.io.record import Architecture
+    from effdetseg.models.complexity import count_macs, count_parameters
 
     model = tiny_model().train()
     wrapped = attach_aux_heads(model, OmegaConf.create({"levels": [3, 4, 5], "weight": 0.4}), 3)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from effdetseg.deploy.predictor import Predictor
-from effdetseg.deploy.runtimes import AutoRunner, resolve_backend
 from effdetseg.errors import EffdetsegError
+from effdetseg.inference.auto import AutoRunner
+from effdetseg.inference.backends import resolve_backend
+from effdetseg.inference.predictor import Predictor
 
 
 class FakeClock:
@@ -93,12 +94,12 @@ def test_auto_leaves_out_a_backend_that_fails_and_says_so() -> None:
 
 def test_auto_candidates_are_the_installed_backends_of_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr("effdetseg.deploy.runtimes.openvino_installed", lambda: True)
+    monkeypatch.setattr("effdetseg.inference.backends.openvino_installed", lambda: True)
     assert resolve_backend("auto", "torch", cpu).candidates == ("torch", "onnxruntime", "openvino")
     assert resolve_backend("auto", "onnx", cpu).candidates == ("onnxruntime", "openvino")
     assert resolve_backend("auto", "openvino", cpu).backend == "openvino"  # one candidate: nothing to measure
     assert resolve_backend("auto", "torch", torch.device("cuda")).backend == "torch"
-    monkeypatch.setattr("effdetseg.deploy.runtimes.openvino_installed", lambda: False)
+    monkeypatch.setattr("effdetseg.inference.backends.openvino_installed", lambda: False)
     assert resolve_backend("auto", "torch", cpu).candidates == ("torch", "onnxruntime")
     assert resolve_backend("auto", "onnx", cpu).backend == "onnxruntime"
 
@@ -106,7 +107,7 @@ def test_auto_candidates_are_the_installed_backends_of_the_file(monkeypatch: pyt
 def test_predictor_auto_measures_on_the_first_input_and_predicts_what_eager_does(
     tiny_camvid_network, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("effdetseg.deploy.runtimes.openvino_installed", lambda: False)  # eager vs ONNX Runtime here
+    monkeypatch.setattr("effdetseg.inference.backends.openvino_installed", lambda: False)  # eager vs ONNX Runtime here
     notes: list[str] = []
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     eager = Predictor(tiny_camvid_network, device="cpu", resolution=(64, 96))
@@ -122,8 +123,8 @@ def test_auto_remembers_its_choice_beside_the_model_per_machine(tmp_path, monkey
     import json
     import os
 
-    from effdetseg.deploy import runtimes
-    from effdetseg.deploy.runtimes import ChoiceCache
+    from effdetseg.inference import auto as auto_backend
+    from effdetseg.inference.auto import ChoiceCache
 
     model = tmp_path / "model.onnx"
     model.write_bytes(b"an exported model")
@@ -147,7 +148,7 @@ def test_auto_remembers_its_choice_beside_the_model_per_machine(tmp_path, monkey
     assert calls == ["onnxruntime"] and runner.backend == "onnxruntime" and "remembers" in notes[-1]
     # Another machine (another CPU, other versions): measured again, and remembered beside the first.
     costs["openvino"] = lambda x: 5.0
-    monkeypatch.setattr(runtimes, "machine_fingerprint", lambda threads=None: "another CPU")
+    monkeypatch.setattr(auto_backend, "machine_fingerprint", lambda threads=None: "another CPU")
     calls.clear()
     runner = auto()
     runner(x)

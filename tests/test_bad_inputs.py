@@ -31,7 +31,8 @@ from effdetseg.errors import EffdetsegError
 
 from conftest import one_error_line
 from effdetseg.io.files import FolderLock, atomic_write
-from effdetseg.io.record import Provenance, write_model_file
+from effdetseg.io.model_files import write_model_file
+from effdetseg.io.record import Provenance
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = [
@@ -405,7 +406,8 @@ def test_a_full_disk_names_the_file_and_the_cause(tmp_path: Path, monkeypatch) -
     target = tmp_path / "last.pth"
     target.write_bytes(b"the previous checkpoint")
     model = create_model("efficientdet_d0_seg", num_classes=2, backbone="mobilenetv3_small_050", bifpn_channels=16, head_channels=16)
-    from effdetseg.io import files, record
+    from effdetseg.io import files, model_files
+    from effdetseg.io.record import ModelRecord
 
     class FullDisk(io.RawIOBase):
         """A file on a full disk: every write fails as the OS fails it."""
@@ -416,9 +418,9 @@ def test_a_full_disk_names_the_file_and_the_cause(tmp_path: Path, monkeypatch) -
         def write(self, data) -> int:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(record, "open", lambda path, mode: FullDisk(), raising=False)
+    monkeypatch.setattr(model_files, "open", lambda path, mode: FullDisk(), raising=False)
     with pytest.raises(EffdetsegError) as error:
-        write_model_file(target, record.ModelRecord.for_model(model), model.state_dict())
+        write_model_file(target, ModelRecord.for_model(model), model.state_dict())
     assert str(error.value) == f"{target}: cannot write (No space left on device); any earlier version of the file is unchanged"
     assert target.read_bytes() == b"the previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left

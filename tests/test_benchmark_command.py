@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from effdetseg import create_model
+from effdetseg.benchmarking.model_table import cpu_peak_bytes
 from effdetseg.cli import main as cli
+from effdetseg.commands.args import parse_window
 from effdetseg.commands.benchmark import parse_resolution
-from effdetseg.deploy.benchmark import cpu_peak_bytes
-from effdetseg.deploy.timing import time_alternating
-from effdetseg.deploy.complexity import count_parameters, model_complexity
+from effdetseg.errors import EffdetsegError
+from effdetseg.inference.timing import time_alternating
+from effdetseg.io.record import Preprocessing, parse_size
+from effdetseg.models.complexity import count_parameters, model_complexity
 
 
 @pytest.mark.slow
@@ -61,6 +64,22 @@ def test_cpu_peak_memory_sees_a_large_allocation() -> None:
 def test_resolution_parsing() -> None:
     assert parse_resolution("512") == (512, 512)
     assert parse_resolution("384x640") == (384, 640)
+
+
+def test_one_size_parser_for_the_record_and_every_option() -> None:
+    assert parse_size(512) == parse_size("512") == parse_size(" 512 ") == (512, 512)
+    assert parse_size("384x640") == parse_size("384×640") == parse_size("384X640") == parse_size((384, 640)) == (384, 640)
+    for bad in ("big", "384x", "x640", "1x2x3", (1, 2, 3), True):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    assert parse_window(False, "48", None) == (48, 48) and parse_window(False, "64x96", None) == (64, 96)
+    with pytest.raises(EffdetsegError, match="--window: expected SIZE or HxW, got 'big'"):
+        parse_window(False, "big", None)
+    with pytest.raises(EffdetsegError, match="of at least 32 pixels"):
+        parse_window(False, "16", None)
+    with pytest.raises(EffdetsegError, match="sizes must be positive"):
+        parse_resolution("0x512")
+    assert Preprocessing().with_resolution("384x640").size == (384, 640)
 
 
 def test_bad_input_gives_one_error_line(capsys) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from effdetseg import Predictor, create_model, save_model
 from effdetseg.data import read_image, read_mask
-from effdetseg.deploy.inference import preprocess
+from effdetseg.inference.segment import preprocess
 from effdetseg.io.labels import LabelSet
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""effdetseg.deploy.demo over real HTTP (uvicorn in a thread): the page, the endpoints, bad uploads,
+"""effdetseg.sharing.demo over real HTTP (uvicorn in a thread): the page, the endpoints, bad uploads,
 the model card, and the command's start-up errors. The browser test is tests/test_demo_browser.py."""
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ uvicorn = pytest.importorskip("uvicorn", reason="the demo's optional dependencie
 
 from effdetseg import ModelRecord, Predictor, create_model, save_model  # noqa: E402
 from effdetseg.cli import main as cli  # noqa: E402
-from effdetseg.deploy.demo import DemoModel, UploadLimits, build_app, listen, model_card, url_of  # noqa: E402
-from effdetseg.deploy.export import export_onnx  # noqa: E402
 from effdetseg.engine.metrics import SegmentationMetrics  # noqa: E402
+from effdetseg.export.formats import export_onnx  # noqa: E402
 from effdetseg.io.labels import LabelSet  # noqa: E402
 from effdetseg.io.record import Preprocessing, Provenance  # noqa: E402
+from effdetseg.sharing.demo import DemoModel, UploadLimits, build_app, listen, model_card, url_of  # noqa: E402
 from test_predictor import DominantChannel, halves  # noqa: E402
 
 LIMITS = UploadLimits(max_bytes=200_000, max_pixels=1_000_000)

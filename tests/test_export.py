@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-import effdetseg.deploy.prepare
+import effdetseg.inference.prepare
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_mask
-from effdetseg.deploy.predictor import Predictor
-from effdetseg.deploy.export import export_program
-from effdetseg.deploy.prepare import fold_batchnorm
+from effdetseg.inference.onnx_graph import export_program
+from effdetseg.inference.predictor import Predictor
+from effdetseg.inference.prepare import fold_batchnorm
 from effdetseg.io.record import METADATA_KEY
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -155,7 +155,7 @@ def test_torchscript_export(tiny_checkpoint: Path, tmp_path: Path, capsys) -> No
 def test_parity_failure_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """A graph that disagrees with PyTorch must fail the command: the exported classifier's outputs
     are rotated by one class, so every pixel's argmax moves to the next class."""
-    real_fold = effdetseg.deploy.prepare.fold_batchnorm
+    real_fold = effdetseg.inference.prepare.fold_batchnorm
 
     def broken_fold(model: nn.Module):
         folded, report = real_fold(model)
@@ -165,7 +165,7 @@ def test_parity_failure_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path, mon
             classifier.bias.copy_(classifier.bias.roll(1, dims=0))
         return folded, report
 
-    monkeypatch.setattr(effdetseg.deploy.prepare, "fold_batchnorm", broken_fold)
+    monkeypatch.setattr(effdetseg.inference.prepare, "fold_batchnorm", broken_fold)
     output = tmp_path / "broken.onnx"
     assert cli(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(output), "--image", str(IMAGE),
                 "--resolution", "64"]) == 1

@@ -15,12 +15,13 @@ from PIL import Image
 
 from effdetseg import Predictor, create_model, from_pretrained, save_model, save_pretrained
 from effdetseg.cli import main as cli
-from effdetseg.deploy.complexity import count_parameters
-from effdetseg.deploy.demo import DemoModel, model_card
 from effdetseg.engine.metrics import SegmentationMetrics
 from effdetseg.errors import EffdetsegError
 from effdetseg.io.labels import LabelSet
-from effdetseg.io.record import Preprocessing, Provenance, read_model_file
+from effdetseg.io.model_files import read_model_file
+from effdetseg.io.record import Preprocessing, Provenance
+from effdetseg.models.complexity import count_parameters
+from effdetseg.sharing.demo import DemoModel, model_card
 
 VOC_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012_sample" / "JPEGImages"
 LABELS = LabelSet(("sky", "road", "car"), ((0, 0, 255), (128, 128, 128), (255, 0, 0)))

@@ -16,9 +16,10 @@ from conftest import TINY_D0 as TINY
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_image, read_mask
-from effdetseg.deploy.export import export_onnx
-from effdetseg.deploy.predictor import Predictor
-from effdetseg.deploy.quantize import QUANTIZATION_KEY, open_image_source, shape_arithmetic_nodes, split_images
+from effdetseg.export.calibration import open_image_source, split_images
+from effdetseg.export.formats import export_onnx
+from effdetseg.export.quantize_onnx import QUANTIZATION_KEY, shape_arithmetic_nodes
+from effdetseg.inference.predictor import Predictor
 from effdetseg.io.record import METADATA_KEY, ModelRecord, Preprocessing
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -180,7 +181,7 @@ def test_shape_arithmetic_stays_out_of_quantization(tmp_path: Path) -> None:
 
 def test_the_export_says_when_int8_does_not_pay() -> None:
     from effdetseg.commands.export import int8_speed_lines
-    from effdetseg.deploy.timing import Timing
+    from effdetseg.inference.timing import Timing
 
     def timings(eager: float, fp32: float, int8: float) -> dict[str, Timing]:
         return {name: Timing(name, ms, (ms,)) for name, ms in

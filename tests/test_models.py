@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import effdetseg
-from effdetseg.deploy.complexity import model_complexity
 from effdetseg.layers import ConvBn, FastNormalizedFusion
 from effdetseg.models.bifpn import FpnLayer, fpn_topology
+from effdetseg.models.complexity import model_complexity
 
 # Forward/backward, odd sizes, save/load, prepare, predict and export of every family: test_model_families.py.
 

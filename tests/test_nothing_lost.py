@@ -77,7 +77,8 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An experiment folder as a finished run leaves it (a tiny network, no training)."""
     from PIL import Image
 
-    from effdetseg.io.record import ModelRecord, write_model_file
+    from effdetseg.io.model_files import write_model_file
+    from effdetseg.io.record import ModelRecord
 
     run = tmp_path_factory.mktemp("experiments") / "run"
     run.mkdir()

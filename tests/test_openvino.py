@@ -24,9 +24,9 @@ from conftest import TINY_D0 as TINY
 from effdetseg import save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_image, read_mask
-from effdetseg.deploy.predictor import Predictor
-from effdetseg.deploy.runtimes import detect_format, resolve_backend
 from effdetseg.errors import EffdetsegError
+from effdetseg.inference.backends import detect_format, resolve_backend
+from effdetseg.inference.predictor import Predictor
 from effdetseg.io.record import Preprocessing, ResizeMode
 
 if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
@@ -115,7 +115,7 @@ def test_every_backend_predicts_what_eager_predicts(ir_folder: tuple[Path, str],
     result = run_python("""
         import numpy as np
         from effdetseg.data import read_image
-        from effdetseg.deploy.predictor import Predictor
+        from effdetseg.inference.predictor import Predictor
         image = read_image(args["image"])
         eager = Predictor(args["checkpoint"], device="cpu")
         expected = eager.predict(image)
@@ -228,7 +228,7 @@ def test_int8_by_nncf_calibrates_on_real_images_and_names_a_non_image(checkpoint
     assert len(quantization["calibration"]["images"]) == 4 and "x.jpg" not in quantization["calibration"]["images"]
     loaded = run_python("""
         from effdetseg.data import read_image
-        from effdetseg.deploy.predictor import Predictor
+        from effdetseg.inference.predictor import Predictor
         predictor = Predictor(args["folder"], device="cpu")
         print(json.dumps({"backend": predictor.backend, "size": list(predictor.preprocessing.size),
                           "shape": list(predictor.predict(read_image(args["image"])).shape)}))
@@ -276,7 +276,7 @@ def test_bad_backend_input_is_one_line(ir_folder: tuple[Path, str], checkpoint: 
 
 def test_missing_openvino_is_one_line(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
-    monkeypatch.setattr("effdetseg.deploy.runtimes.openvino_installed", lambda: False)
+    monkeypatch.setattr("effdetseg.inference.backends.openvino_installed", lambda: False)
     for argv in (["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(tmp_path / "ir")],
                  ["predict", "--data", str(VAL_IMAGE), "--checkpoint", str(checkpoint), "--backend", "openvino",
                   "--output", str(tmp_path / "out")]):

@@ -14,10 +14,10 @@ from effdetseg.cli import main
 from effdetseg.configs.compose import compose
 from effdetseg.data.cache import DecodedStore, cgroup_memory_left
 from effdetseg.data.fingerprint import take_fingerprint
-from effdetseg.deploy import inference
 from effdetseg.engine import plan as plan_module
 from effdetseg.engine.plan import plan_training, user_keys
 from effdetseg.errors import EffdetsegError
+from effdetseg.inference import segment as inference
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 CAMVID = SHARED / "camvid"
@@ -214,7 +214,7 @@ def test_train_follows_the_plan_on_mixed_real_world_files(tmp_path):
     plan = json.loads((run / "plan.json").read_text())
     assert plan["fingerprint"]["num_classes"] == 3 and plan["fingerprint"]["modes"]["I;16"] == 1
     assert "training plan" in (run / "train.log").read_text()
-    from effdetseg.io.record import read_model_file
+    from effdetseg.io.model_files import read_model_file
 
     record = read_model_file(run / "best.pth").record
     assert record.labels.names == ("background", "spot", "stripe")

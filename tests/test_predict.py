@@ -1,5 +1,5 @@
 """`effdetseg predict` end to end (the original's flags, --checkpoint, folders, globs, bad input)
-and the pictures it writes (effdetseg.visualize)."""
+and the pictures it writes (effdetseg.pictures.label_maps)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from PIL import Image
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import LabelSet, read_mask
-from effdetseg.deploy.visualize import (
+from effdetseg.pictures.label_maps import (
     blend,
     color_mask,
     label_image,

@@ -11,9 +11,9 @@ from torch import nn
 
 from effdetseg import create_model, save_model
 from effdetseg.errors import EffdetsegError
-from effdetseg.deploy.inference import preprocess
-from effdetseg.deploy.predictor import Predictor
-from effdetseg.deploy.runtimes import detect_format
+from effdetseg.inference.backends import detect_format
+from effdetseg.inference.predictor import Predictor
+from effdetseg.inference.segment import preprocess
 from effdetseg.io.record import IMAGENET_MEAN, Preprocessing
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -14,16 +14,8 @@ import effdetseg
 from effdetseg import Predictor, create_model, load_model, read_record, save_model
 from effdetseg.errors import EffdetsegError
 from effdetseg.io.labels import LabelSet
-from effdetseg.io.record import (
-    ModelRecord,
-    Preprocessing,
-    Provenance,
-    ResizeMode,
-    read_model_file,
-    strip_wrapper_prefixes,
-    unwrap,
-    write_model_file,
-)
+from effdetseg.io.model_files import read_model_file, strip_wrapper_prefixes, write_model_file
+from effdetseg.io.record import ModelRecord, Preprocessing, Provenance, ResizeMode, unwrap
 
 LABELS = LabelSet(("sky", "road", "car"), ((0, 0, 255), (128, 64, 128), (255, 0, 0)))
 

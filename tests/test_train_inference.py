@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from effdetseg import create_model
-from effdetseg.deploy.inference import TestTimeAugmentation as TTA
-from effdetseg.deploy.inference import network_logits, window_starts
+from effdetseg.inference.segment import TestTimeAugmentation as TTA
+from effdetseg.inference.segment import network_logits, window_starts
 
 
 def pointwise_model(classes: int = 3) -> nn.Module:

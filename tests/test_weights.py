@@ -8,7 +8,8 @@ import timm
 import torch
 
 import effdetseg
-from effdetseg.io.record import load_model, read_record, save_model
+from effdetseg.io.build import load_model
+from effdetseg.io.model_files import read_record, save_model
 from effdetseg.cli import main as cli
 from effdetseg.errors import EffdetsegError
 from effdetseg.models.weights import WeightsError, convert_lukemelas_to_timm, read_state_dict

@@ -1,10 +1,12 @@
 """effdetseg: semantic segmentation with EfficientDet (EfficientNet + BiFPN over P2–P7)."""
 from ._version import __version__
-from .deploy.hub import from_pretrained, save_pretrained
-from .deploy.predictor import Predictor
-from .deploy.prepare import prepare_for_inference
-from .io.record import ModelRecord, load_model, read_record, save_model
+from .inference.predictor import Predictor
+from .inference.prepare import prepare_for_inference
+from .io.build import load_model
+from .io.model_files import read_record, save_model
+from .io.record import ModelRecord
 from .models import create_model, list_models
+from .sharing.hub import from_pretrained, save_pretrained
 
 __all__ = [
     "create_model",

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from ..devices import DEVICE_HELP
 from ..errors import EffdetsegError
+from ..io.record import parse_size
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -36,8 +37,8 @@ def add_model_source(parser: argparse.ArgumentParser, exported: bool = True) -> 
 
 
 def add_backend(parser: argparse.ArgumentParser) -> None:
-    """``--backend``: what runs the network (see :mod:`effdetseg.deploy.runtimes`)."""
-    from ..deploy.runtimes import BACKEND_CHOICES
+    """``--backend``: what runs the network (see :mod:`effdetseg.inference.backends`)."""
+    from ..inference.backends import BACKEND_CHOICES
 
     parser.add_argument(
         "--backend", choices=BACKEND_CHOICES,
@@ -101,12 +102,12 @@ def parse_window(slide: bool, window: str | None, default_size: tuple[int, int] 
             raise EffdetsegError("--slide: no training size known; give the window, e.g. --window 512")
         return default_size
     try:
-        parts = [int(v) for v in window.lower().split("x")]
+        size = parse_size(window)
     except ValueError:
         raise EffdetsegError(f"--window: expected SIZE or HxW, got {window!r}") from None
-    if len(parts) not in (1, 2) or min(parts) < 32:
+    if min(size) < 32:
         raise EffdetsegError(f"--window: expected SIZE or HxW of at least 32 pixels, got {window!r}")
-    return (parts[0], parts[-1])
+    return size
 
 
 def add_tta(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +118,7 @@ def add_tta(parser: argparse.ArgumentParser) -> None:
 
 def tta_from_args(args: argparse.Namespace, training_size: tuple[int, int] | None):
     """The ``TestTimeAugmentation`` of ``--tta``, ``--slide`` and ``--window``."""
-    from ..deploy.inference import TestTimeAugmentation
+    from ..inference.segment import TestTimeAugmentation
 
     flip, scales = parse_tta(args.tta)
     return TestTimeAugmentation(flip=flip, scales=scales, window=parse_window(args.slide, args.window, training_size))

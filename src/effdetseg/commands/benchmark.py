@@ -1,24 +1,24 @@
 """``effdetseg benchmark``: params, GMACs, latency (median, p90), images/s and peak memory of zoo
 models; with ``--onnx``, exported ONNX files (fp32 or INT8) against the eager network they came from
-(see :mod:`effdetseg.deploy.benchmark` for how each is measured); with ``--backends``, one table per
+(see :mod:`effdetseg.benchmarking.model_table` and :mod:`effdetseg.benchmarking.exported_files` for how each is measured); with ``--backends``, one table per
 model of the same network in eager PyTorch, ONNX Runtime, OpenVINO and INT8 against smp's FPN on the
-same encoder (:mod:`effdetseg.deploy.backend_table`)."""
+same encoder (:mod:`effdetseg.benchmarking.backend_table`)."""
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import EffdetsegError
+from ..io.record import parse_size
 from .args import ArgumentParser, add_device, positive
 
 DTYPES = ("fp32", "bf16", "fp16")
 
 
 def build_parser() -> ArgumentParser:
-    from ..deploy.quantize_openvino import DEFAULT_KEEP_FLOAT  # numpy only: OpenVINO is imported when used
+    from ..export.quantize_openvino import DEFAULT_KEEP_FLOAT  # OpenVINO and NNCF are imported when used
 
     parser = ArgumentParser(
         prog="effdetseg benchmark",
@@ -72,10 +72,10 @@ def build_parser() -> ArgumentParser:
 
 
 def benchmark_backends(args: argparse.Namespace, resolution: tuple[int, int]) -> int:
-    """``--backends``: per model, one table of backends (see :mod:`effdetseg.deploy.backend_table`)."""
-    from ..deploy.backend_table import agreement_inputs_note, backend_table, format_backend_table, parse_backends
-    from ..deploy.timing import cpu_name
-    from ..deploy.quantize_openvino import NncfRecipe, parse_keep_float
+    """``--backends``: per model, one table of backends (see :mod:`effdetseg.benchmarking.backend_table`)."""
+    from ..benchmarking.backend_table import agreement_inputs_note, backend_table, format_backend_table, parse_backends
+    from ..export.quantize_openvino import NncfRecipe, parse_keep_float
+    from ..inference.timing import cpu_name
 
     backends = parse_backends(args.backends)
     if args.keep_float:
@@ -89,12 +89,12 @@ def benchmark_backends(args: argparse.Namespace, resolution: tuple[int, int]) ->
     if args.compare and any(side % 32 for side in resolution):
         raise EffdetsegError(f"--compare: smp models need sizes divisible by 32, got {resolution[0]}×{resolution[1]}")
     if any(b in backends for b in ("openvino", "int8")) or args.compare:
-        from ..deploy.runtimes import require_openvino
+        from ..inference.backends import require_openvino
 
         require_openvino()
     images = None
     if args.calibration:
-        from ..deploy.quantize import open_image_source
+        from ..export.calibration import open_image_source
 
         images = open_image_source(args.calibration, args.data_root)
         for skipped in images.skipped:
@@ -124,25 +124,26 @@ def _table_models(args: argparse.Namespace) -> list:
     """The networks of --backends: the checkpoint's, or each --model with random weights (seed 0)."""
     import torch
 
-    from ..deploy.benchmark import zoo_candidates
+    from ..benchmarking.model_table import zoo_candidates
 
     if args.checkpoint:
-        from ..deploy.predictor import check_segmentation
-        from ..io.record import build_model, read_model_file
+        from ..inference.predictor import check_segmentation
+        from ..io.build import model_from_file
+        from ..io.model_files import read_model_file
 
         file = read_model_file(args.checkpoint)
         if file.record is None:
             raise EffdetsegError(f"{args.checkpoint}: a bare state dict has no record; --backends needs an effdetseg checkpoint")
         check_segmentation(file.record, args.checkpoint)
-        return [build_model(file)]
+        return [model_from_file(file)]
     torch.manual_seed(0)
     return [candidate.build() for candidate in zoo_candidates(args.model, args.num_classes)]
 
 
 def benchmark_onnx(args: argparse.Namespace, resolution: tuple[int, int]) -> int:
     """``--onnx``: the files in onnxruntime against eager PyTorch fp32, alternately, one table."""
-    from ..deploy.benchmark import benchmark_onnx_files
-    from ..deploy.timing import cpu_name, timing_table
+    from ..benchmarking.exported_files import benchmark_onnx_files
+    from ..inference.timing import cpu_name, timing_table
 
     threads = args.threads or 2
     print(
@@ -178,11 +179,11 @@ def check_json(path: Path) -> None:
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)(?:[x×](\d+))?", text.strip())
-    if not match:
-        raise EffdetsegError(f"--resolution {text!r}: expected a size such as 512 or 384x512")
-    height = int(match.group(1))
-    width = int(match.group(2) or height)
+    """``--resolution``: a size (see :func:`effdetseg.io.record.parse_size`) of positive sides."""
+    try:
+        height, width = parse_size(text)
+    except ValueError:
+        raise EffdetsegError(f"--resolution {text!r}: expected a size such as 512 or 384x512") from None
     if height <= 0 or width <= 0:
         raise EffdetsegError(f"--resolution {text!r}: sizes must be positive")
     return height, width
@@ -192,10 +193,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from ..deploy.benchmark import DTYPES as TORCH_DTYPES
-    from ..deploy.benchmark import benchmark, format_table, smp_candidates, zoo_candidates
-    from ..deploy.timing import cpu_name
+    from ..benchmarking.model_table import DTYPES as TORCH_DTYPES
+    from ..benchmarking.model_table import benchmark, format_table, smp_candidates, zoo_candidates
     from ..devices import resolve_device
+    from ..inference.timing import cpu_name
 
     resolution = parse_resolution(args.resolution)
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:

@@ -24,7 +24,9 @@ def read_class_names(path: Path) -> list[str]:
 
 def build_classifier(name: str, num_classes: int, weights: Path | None):
     """The classifier of an effdetseg model file, or ``name`` with timm/EfficientNet-PyTorch weights."""
-    from ..io.record import SEGMENTATION_FAMILIES, build_model, read_model_file
+    from ..io.build import model_from_file
+    from ..io.model_files import read_model_file
+    from ..io.record import SEGMENTATION_FAMILIES
     from ..models import create_model, model_family
 
     if weights is not None:
@@ -32,7 +34,7 @@ def build_classifier(name: str, num_classes: int, weights: Path | None):
         if file.record is not None:
             if file.record.architecture.is_segmentation:
                 raise EffdetsegError(f"{weights}: {file.record.architecture.name!r} is a segmentation model; use `effdetseg predict`")
-            return build_model(file)
+            return model_from_file(file)
     if model_family(name) in SEGMENTATION_FAMILIES:
         raise EffdetsegError(f"--model: {name!r} is a segmentation model; use `effdetseg predict`")
     try:

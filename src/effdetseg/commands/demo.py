@@ -13,7 +13,7 @@ from .args import ArgumentParser, add_backend, add_device
 
 
 def build_parser() -> ArgumentParser:
-    from ..deploy.demo import UploadLimits
+    from ..sharing.demo import UploadLimits
 
     defaults = UploadLimits()
     parser = ArgumentParser(
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise EffdetsegError(f"the demo needs its optional dependencies: pip install 'effdetseg[demo]' ({e})") from None
-    from ..deploy.demo import UploadLimits, serve
+    from ..sharing.demo import UploadLimits, serve
 
     limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
     serve(Path(args.checkpoint), host=args.host, port=args.port, device=args.device, limits=limits, backend=args.backend)

@@ -78,17 +78,19 @@ def main(argv: list[str]) -> int:
     import torch
 
     from ..data import build_dataset, build_label_set
-    from ..deploy.predictor import check_segmentation
-    from ..deploy.prepare import prepare_for_inference
     from ..devices import slow_bf16_warning
     from ..engine.distributed import cleanup_distributed, init_distributed
     from ..engine.evaluate import evaluate
     from ..engine.loaders import plan_cpu, val_loader
+    from ..inference.predictor import check_segmentation
+    from ..inference.prepare import prepare_for_inference
+    from ..io.build import model_from_file
     from ..io.files import check_replaceable, ensure_output_folder, write_text_atomic
-    from ..io.record import ResizeMode, build_model, read_model_file
+    from ..io.model_files import read_model_file
+    from ..io.record import ResizeMode
 
-    from ..deploy.predictor import Predictor
-    from ..deploy.runtimes import canonical_backend, detect_format
+    from ..inference.backends import canonical_backend, detect_format
+    from ..inference.predictor import Predictor
 
     backend = canonical_backend(args.backend) if args.backend else None
     eager = detect_format(checkpoint) == "torch" and backend in (None, "torch")
@@ -121,7 +123,7 @@ def main(argv: list[str]) -> int:
     ctx = init_distributed(args.device)
     try:
         if predictor is None:
-            model = build_model(file)
+            model = model_from_file(file)
             if args.ema:
                 if not isinstance(file.training_state.get("ema"), dict):
                     raise EffdetsegError(f"--ema: {checkpoint} holds no EMA weights (only a last.pth of an EMA run does)")

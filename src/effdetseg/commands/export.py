@@ -1,6 +1,6 @@
 """``effdetseg export``: a checkpoint → ONNX, TorchScript or an OpenVINO IR folder (BN folded, dynamic
 sizes), then a parity check; or (``--format hub``) → a model folder in the Hugging Face Hub layout with a
-model card (:mod:`effdetseg.deploy.hub`).
+model card (:mod:`effdetseg.sharing.hub`).
 
 The parity check runs the written file (onnxruntime for ONNX, OpenVINO for an IR folder) and the
 PyTorch checkpoint through the same inference path, on ``--image`` or else on a generated scene (no file needed), at two input
@@ -11,8 +11,8 @@ left in place for inspection.
 ``--int8``: the fp32 file goes beside the output (``NAME.fp32.onnx``; for OpenVINO the folder
 ``DIR.fp32/``) and is checked as above; ``--output`` becomes its INT8 version, calibrated on
 ``--calibration-images`` real images (a folder, or a data preset's train split; see
-:mod:`effdetseg.deploy.quantize`): ONNX Runtime's static QDQ quantization for ONNX, NNCF's
-post-training quantization for OpenVINO (:mod:`effdetseg.deploy.quantize_openvino`: the sensitive
+:mod:`effdetseg.export.quantize_onnx`): ONNX Runtime's static QDQ quantization for ONNX, NNCF's
+post-training quantization for OpenVINO (:mod:`effdetseg.export.quantize_openvino`: the sensitive
 layers kept in fp32, ``--keep-float``, or NNCF's accuracy control, ``--accuracy-control``). Then,
 on images of the same source that were not calibrated on, the INT8 file's label maps are compared
 with the checkpoint's through the Predictor, and the INT8 file, the fp32 file and the checkpoint
@@ -82,9 +82,9 @@ def build_parser() -> ArgumentParser:
 
 
 def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..deploy.quantize import CALIBRATION_METHODS
+    from ..export.quantize_onnx import CALIBRATION_METHODS
 
-    from ..deploy.quantize_openvino import DEFAULT_KEEP_FLOAT, SENSITIVE_LAYERS
+    from ..export.quantize_openvino import DEFAULT_KEEP_FLOAT, SENSITIVE_LAYERS
 
     group = parser.add_argument_group("INT8 (ONNX Runtime static quantization; NNCF for --format openvino)")
     group.add_argument(
@@ -128,12 +128,12 @@ class Int8Plan:
     """The checked --int8 options and the opened calibration source, before any export work."""
 
     output: Path  # the INT8 file
-    source: Any  # deploy.quantize.ImageSource
+    source: Any  # export.calibration.ImageSource
     calibration: list[int]
     held_out: list[int]
 
     fmt: str = "onnx"
-    recipe: Any = None  # deploy.quantize_openvino.NncfRecipe for openvino
+    recipe: Any = None  # export.quantize_openvino.NncfRecipe for openvino
 
     @property
     def fp32_path(self) -> Path:
@@ -149,7 +149,7 @@ def fp32_path(output: Path, fmt: str) -> Path:
 
 def check_outputs(output: Path, fmt: str, int8: bool) -> None:
     """Refuse, before any work, outputs that would replace a checkpoint or a training run's file."""
-    from ..deploy.runtimes import OPENVINO_BIN, OPENVINO_XML
+    from ..inference.backends import OPENVINO_BIN, OPENVINO_XML
     from ..io.files import check_replaceable
 
     for path in [output, fp32_path(output, fmt)] if int8 else [output]:
@@ -172,11 +172,11 @@ def _int8_plan(args: argparse.Namespace, fmt: str, checkpoint: Path, output: Pat
     positive("--check-images", args.check_images)
     positive("--threads", args.threads)
     positive("--timing-rounds", args.timing_rounds, 0)
-    from ..deploy.quantize import open_image_source, split_images
+    from ..export.calibration import open_image_source, split_images
 
     recipe = None
     if fmt == "openvino":
-        from ..deploy.quantize_openvino import NncfRecipe, parse_keep_float, require_nncf
+        from ..export.quantize_openvino import NncfRecipe, parse_keep_float, require_nncf
 
         require_nncf()
         recipe = NncfRecipe(keep_float=parse_keep_float(args.keep_float), accuracy_control=args.accuracy_control,
@@ -191,17 +191,18 @@ def _int8_plan(args: argparse.Namespace, fmt: str, checkpoint: Path, output: Pat
 def _quantize(plan: Int8Plan, args: argparse.Namespace, checkpoint: Path) -> int:
     """Quantize the checked fp32 file into the INT8 one, then print the agreement with the
     checkpoint and the speed-up over it."""
-    from ..deploy.predictor import Predictor
-    from ..deploy.quantize import QuantizationRecipe, label_agreement, quantize_onnx
+    from ..export.calibration import label_agreement
+    from ..export.quantize_onnx import QuantizationRecipe, quantize_onnx
+    from ..inference.predictor import Predictor
 
     reference = Predictor(checkpoint, device="cpu", model_name=args.model, num_classes=args.num_classes, resolution=args.resolution)
     recipe = plan.recipe if plan.fmt == "openvino" else QuantizationRecipe(method=args.calibration_method)
     print(f"calibrating on {len(plan.calibration)} images of {plan.source.description} ({recipe.describe()}) …")
     started = time.perf_counter()
     if plan.fmt == "openvino":
-        from ..deploy.export import save_openvino
-        from ..deploy.quantize_openvino import quantize_openvino
-        from ..deploy.runtimes import OPENVINO_XML, require_openvino
+        from ..export.formats import save_openvino
+        from ..export.quantize_openvino import quantize_openvino
+        from ..inference.backends import OPENVINO_XML, require_openvino
 
         fp32 = require_openvino().Core().read_model(str(plan.fp32_path / OPENVINO_XML))
         quantized = quantize_openvino(fp32, plan.source, plan.calibration, reference.preprocessing, recipe, validation=plan.held_out)
@@ -237,9 +238,9 @@ def _time_int8(args: argparse.Namespace, reference: Any, image: Any, backend: st
     """The INT8 file, the fp32 file and the checkpoint as predict runs it, timed alternately."""
     import torch
 
-    from ..deploy.benchmark import eager_and_file_runners
-    from ..deploy.timing import time_alternating, timing_table, torch_threads
-    from ..deploy.inference import preprocess
+    from ..benchmarking.exported_files import eager_and_file_runners
+    from ..inference.segment import preprocess
+    from ..inference.timing import time_alternating, timing_table, torch_threads
 
     x = preprocess(image, reference.preprocessing)
     runners = eager_and_file_runners(reference.model, {name: (backend, path) for name, path in files.items()}, x, args.threads)
@@ -285,14 +286,15 @@ def _output_path(output: str | None, source: Path, fmt: str) -> Path:
 def _export_hub(args: argparse.Namespace) -> int:
     """--format hub: the model folder of ``save_pretrained`` (no tracing, no parity check: the
     weights are the checkpoint's, bit for bit)."""
-    from ..deploy.hub import save_pretrained
-    from ..io.record import build_model, read_model_file
+    from ..io.build import model_from_file
+    from ..io.model_files import read_model_file
+    from ..sharing.hub import save_pretrained
 
     if args.int8 or args.image or args.resolution is not None:
         raise EffdetsegError("--int8, --image and --resolution are for ONNX / TorchScript / OpenVINO exports, not --format hub")
     if args.weights:
         source = Path(args.weights)
-        model = build_model(read_model_file(source), model_name=args.model, num_classes=args.num_classes)
+        model = model_from_file(read_model_file(source), model_name=args.model, num_classes=args.num_classes)
     else:
         source = Path(args.checkpoint)
         model = None
@@ -300,7 +302,7 @@ def _export_hub(args: argparse.Namespace) -> int:
     if output.exists() and not output.is_dir():
         raise EffdetsegError(f"{output}: --output must be a folder with --format hub")
     from ..io.files import check_replaceable
-    from ..io.record import FOLDER_WEIGHTS
+    from ..io.model_files import FOLDER_WEIGHTS
 
     check_replaceable(output / FOLDER_WEIGHTS)  # an earlier model folder's weights are not replaced
     folder = save_pretrained(
@@ -316,12 +318,15 @@ def _export_hub(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..data.image_io import read_image
-    from ..deploy.export import export_onnx, export_openvino, export_torchscript, generated_parity_image, parity_check
-    from ..deploy.predictor import Predictor, check_segmentation
-    from ..deploy.prepare import fold_batchnorm
     from ..devices import resolve_device
+    from ..export.formats import export_onnx, export_openvino, export_torchscript
+    from ..export.parity import generated_parity_image, parity_check
+    from ..inference.predictor import Predictor, check_segmentation
+    from ..inference.prepare import fold_batchnorm
+    from ..io.build import model_from_file
     from ..io.files import ensure_output_folder
-    from ..io.record import ModelRecord, build_model, read_model_file
+    from ..io.model_files import read_model_file
+    from ..io.record import ModelRecord
 
     if bool(args.checkpoint) == bool(args.weights):
         raise EffdetsegError("give exactly one of --checkpoint PATH or --weights PATH (with --model and --num-classes)")
@@ -336,7 +341,7 @@ def main(argv: list[str]) -> int:
         raise EffdetsegError(f"{args.output}: is a folder; --output must be a file name (or give --format openvino)")
     fmt = args.format or _format_from_suffix(args.output)
     if fmt == "openvino":
-        from ..deploy.runtimes import require_openvino
+        from ..inference.backends import require_openvino
 
         require_openvino()  # one line before any work when the extra is missing
         if args.output and args.output.lower().endswith(".xml"):
@@ -360,7 +365,7 @@ def main(argv: list[str]) -> int:
         images, image_name = [generated_parity_image()], "a generated scene"
 
     file = read_model_file(source)
-    model = build_model(file, model_name=args.model, num_classes=args.num_classes)
+    model = model_from_file(file, model_name=args.model, num_classes=args.num_classes)
     record = file.record or ModelRecord.for_model(model)
     check_segmentation(record, source)
     record = replace(record, preprocessing=record.preprocessing.with_resolution(args.resolution))

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from ..data.image_io import IMAGE_EXTENSIONS, image_files
-from ..io.labels import LabelSet
 from ..errors import EffdetsegError
 from ..io.files import check_replaceable
+from ..io.labels import LabelSet
 from .args import (
     ArgumentParser, add_backend, add_device, add_max_image_pixels, add_model_source, add_tta, apply_max_image_pixels, positive, tta_from_args,
 )
@@ -120,9 +120,9 @@ def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
     from ..data.image_io import read_image
-    from ..deploy.predictor import Predictor
-    from ..deploy.visualize import color_mask, label_image, overlay, present_classes, save_image, with_legend
     from ..devices import is_out_of_memory
+    from ..inference.predictor import Predictor
+    from ..pictures.label_maps import color_mask, label_image, overlay, present_classes, save_image, with_legend
 
     images = find_images(args.data)
     for paths in plan_outputs(images, Path(args.output), overwrite=True).paths:  # even with --overwrite:

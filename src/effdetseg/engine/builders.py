@@ -26,8 +26,10 @@ from ..data.check import class_pixels_per_image, coverage_problems, label_histog
 from ..devices import slow_bf16_warning
 from ..errors import EffdetsegError, first_line
 from ..io.labels import LabelSet
-from ..io.record import SEGMENTATION_FAMILIES, load_weights, read_model_file, unwrap
-from ..models import create_model, is_model, model_family
+from ..io.build import load_weights
+from ..io.model_files import read_model_file
+from ..io.record import SEGMENTATION_FAMILIES, unwrap
+from ..models import create_model, is_model, list_models, model_family
 from .auxiliary import DeepSupervision, attach_aux_heads, deep_supervision_loss
 from .checkpoints import load_optimizer_state
 from .distributed import DistributedContext
@@ -183,8 +185,6 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
     """``train.model``: the variant, its backbone and overrides, then optional whole-model weights."""
     name = str(model_cfg.name)
     if not is_model(name) or model_family(name) not in SEGMENTATION_FAMILIES:
-        from ..models import list_models
-
         choices = [n for n in list_models() if model_family(n) in SEGMENTATION_FAMILIES]
         raise EffdetsegError(f"train.model.name: {name!r} is not a segmentation model; choose from {', '.join(choices)}")
     overrides = model_cfg.get("overrides")

@@ -29,17 +29,9 @@ from torch import nn
 from .._version import __version__
 from ..errors import EffdetsegError
 from ..io.labels import LabelSet
-from ..io.record import (
-    Architecture,
-    ModelFile,
-    ModelRecord,
-    Provenance,
-    load_weights,
-    read_model_file,
-    read_torch_file,
-    unwrap,
-    write_model_file,
-)
+from ..io.build import load_weights
+from ..io.model_files import ModelFile, read_model_file, read_torch_file, write_model_file
+from ..io.record import Architecture, ModelRecord, Provenance, unwrap
 from .auxiliary import DeepSupervision
 from .budget import TimeBudget
 from .distributed import DistributedContext, broadcast_buffers, broadcast_floats

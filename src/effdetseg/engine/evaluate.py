@@ -1,6 +1,6 @@
 """Validation and evaluation: one confusion matrix over the whole dataset, all ranks summed.
 
-Each image goes through the one inference path (:func:`effdetseg.deploy.inference.segment`) with
+Each image goes through the one inference path (:func:`effdetseg.inference.segment.segment`) with
 the model record's preprocessing, exactly as ``predict`` runs it, and its label map — at the
 image's original size — is scored against the mask.
 """
@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..deploy.inference import NO_TTA, Runner, TestTimeAugmentation, as_runner, segment
+from ..inference.segment import NO_TTA, Runner, TestTimeAugmentation, as_runner, segment
 from ..io.record import Preprocessing
 from .metrics import ConfusionMatrix
 

@@ -1,7 +1,7 @@
 """Pictures of a finished run: learning curves, per-class IoU bars, validation predictions.
 
 Written with matplotlib's Agg backend (no display needed). The per-class IoU chart lives in
-``deploy/charts.py`` (the model card draws it too) and is re-exported here.
+``pictures/charts.py`` (the model folder draws it too) and is re-exported here.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..deploy.charts import plot_class_iou, pyplot
 from ..io.labels import LabelSet
+from ..pictures.charts import plot_class_iou, pyplot
+from ..pictures.label_maps import color_mask
 
 __all__ = ["plot_curves", "plot_class_iou", "plot_prediction_grid"]
 
@@ -56,8 +57,6 @@ def plot_prediction_grid(
     """One row per image: image, ground truth, prediction; a legend of the classes below."""
     plt = pyplot()
     from matplotlib.patches import Patch
-
-    from ..deploy.visualize import color_mask
 
     names, colors = labels.names, labels.colors
     rows = len(images)

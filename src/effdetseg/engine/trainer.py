@@ -23,15 +23,15 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from ..data.cache import DecodedStore
-from ..deploy.charts import pyplot
 from ..errors import EffdetsegError
 from ..io.files import write_text_atomic
+from ..pictures.charts import pyplot
 from . import experiment as exp
 from .budget import PhaseTimes, TimeBudget
 from .builders import build_optimization, build_training_data, build_training_model, check_batch_norm_values
 from .checkpoints import Best, Checkpoints, EpochPosition, EpochTally, TrainingParts
-from .experiment import LAST
 from .distributed import DistributedContext, all_reduce_mean, broadcast_floats
+from .experiment import LAST
 from .loaders import plan_cpu, val_loader
 from .plan import PLAN_FILE
 from .setup import TrainSetup, configure_determinism, seed_everything

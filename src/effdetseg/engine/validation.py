@@ -24,18 +24,18 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..deploy.inference import segment
-from ..deploy.prepare import prepare_for_inference
 from ..errors import EffdetsegError
+from ..inference.prepare import prepare_for_inference
+from ..inference.segment import segment
 from ..io.labels import LabelSet
-from ..io.record import read_model_file
+from ..io.model_files import read_model_file
 from . import experiment as exp
 from . import plots
 from .budget import TimeBudget
 from .checkpoints import Best
-from .experiment import BEST, LAST
 from .distributed import DistributedContext, broadcast_buffers
 from .evaluate import evaluate
+from .experiment import BEST, LAST
 from .metrics import SegmentationMetrics
 from .setup import TrainSetup
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EffdetsegError
+from .files import write_text_atomic
 
 IGNORE_INDEX = 255
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -65,8 +66,6 @@ class LabelSet:
         return cls.from_dict(read_labels_json(path), path)
 
     def to_json(self, path: str | Path) -> None:
-        from .files import write_text_atomic
-
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod

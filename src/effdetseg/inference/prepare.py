@@ -34,7 +34,7 @@ def prepare_for_inference(
     convolutions (verified on a probe input), on ``device`` (None/"auto": CUDA when available),
     channels-last on the CPU (where oneDNN's depthwise convolutions run about twice as fast) unless
     ``channels_last`` says otherwise. The model passed in is not changed. Run the result under
-    ``torch.inference_mode()`` (``effdetseg.deploy.inference.segment`` does).
+    ``torch.inference_mode()`` (``effdetseg.inference.segment.segment`` does).
     """
     device = resolve_device(device)
     prepared = fold_batchnorm(model)[0] if fold else copy.deepcopy(model).eval()

@@ -1,7 +1,7 @@
 """Charts of a model's scores, drawn with matplotlib's Agg backend (no display needed).
 
 Here, below both the training loop (``engine/plots.py``: a finished run's pictures) and the model
-card (``deploy/hub.py``), so that neither imports the other: per-class IoU → one bar chart.
+folder (``sharing/hub.py``), so that neither imports the other: per-class IoU → one bar chart.
 """
 from __future__ import annotations
 

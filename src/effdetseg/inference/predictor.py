@@ -4,12 +4,12 @@ What it reads: an effdetseg model file (``effdetseg train`` output or ``save_mod
 folder (``save_pretrained`` / ``export --format hub``: ``config.json`` + ``model.safetensors``), a
 bare state dict (the original project's ``model.pth``) given with the model name and number of
 classes, or a file of ``effdetseg export``: ``.onnx``, an OpenVINO IR folder (``model.xml`` +
-``model.bin``), TorchScript. What runs it (``backend``, :mod:`effdetseg.deploy.runtimes`): the
+``model.bin``), TorchScript. What runs it (``backend``, :mod:`effdetseg.inference.backends`): the
 file's own runtime by default (eager PyTorch for a checkpoint), or ``torch``, ``onnxruntime``,
 ``openvino`` or ``auto`` (the fastest installed, measured on the first input); a checkpoint run by ONNX Runtime
 or OpenVINO is exported to ONNX in memory first.
 
-Every backend runs the one inference path (:mod:`effdetseg.deploy.inference`) with the model
+Every backend runs the one inference path (:mod:`effdetseg.inference.segment`) with the model
 record's preprocessing — the training size and resize mode, mean and std — so an exported model
 predicts what its checkpoint does, and ``effdetseg evaluate`` measures what this class outputs.
 A torch network is prepared once (:func:`prepare_for_inference`: BatchNorm folded, channels-last
@@ -17,12 +17,13 @@ on the CPU). Files are read once.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 from PIL import Image
 from torch import nn
@@ -30,28 +31,17 @@ from torch import nn
 from ..data.image_io import read_image
 from ..devices import resolve_device
 from ..errors import EffdetsegError
+from ..io.build import model_from_file
 from ..io.labels import LabelSet
-from ..io.record import (
-    SEGMENTATION_FAMILIES,
-    ModelRecord,
-    Preprocessing,
-    build_model,
-    legacy_record,
-    read_model_file,
-)
-from .inference import NO_TTA, ModelRunner, Runner, TestTimeAugmentation, preprocess, segment
-from .prepare import prepare_for_inference
-from .runtimes import (
-    AutoRunner,
-    ChoiceCache,
-    OnnxRunner,
-    OpenVinoRunner,
-    TorchScriptRunner,
-    detect_format,
-    legacy_export,
-    resolve_backend,
-    stored_record_json,
-)
+from ..io.model_files import read_model_file
+from ..io.record import SEGMENTATION_FAMILIES, ModelRecord, Preprocessing
+from ..models import is_model, model_family
+from .auto import AutoRunner, ChoiceCache
+from .backends import detect_format, resolve_backend
+from .onnx_graph import onnx_bytes
+from .prepare import fold_batchnorm, prepare_for_inference
+from .runners import OnnxRunner, OpenVinoRunner, TorchScriptRunner, export_record
+from .segment import NO_TTA, ModelRunner, Runner, TestTimeAugmentation, preprocess, segment
 
 ImageInput = str | Path | np.ndarray | Image.Image
 
@@ -75,25 +65,12 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
 
 def check_segmentation(record: ModelRecord, source: str | Path) -> None:
     if not record.architecture.is_segmentation:
-        import timm
-
-        from ..models import is_model
-
         name = record.architecture.name
         if not is_model(name) and not timm.is_model(name):
             raise EffdetsegError(f"{source}: record architecture.name {name!r} is not a model effdetseg knows (see `effdetseg models`)")
         raise EffdetsegError(
             f"{source}: {record.architecture.name!r} is not a segmentation model (for classifiers use `effdetseg classify`)"
         )
-
-
-def export_record(metadata: Mapping[str, str], path: Path) -> ModelRecord | None:
-    """The record an exported file carries (None for files exported by other tools)."""
-    stored = stored_record_json(metadata)
-    if stored is not None:
-        return ModelRecord.from_json(stored, path)
-    legacy = legacy_export(metadata, path)
-    return legacy_record(legacy, path) if legacy is not None and "model_config" in legacy else None
 
 
 class Predictor:
@@ -197,9 +174,6 @@ class Predictor:
 
     @staticmethod
     def _onnx_graph(network: nn.Module, record: ModelRecord) -> bytes:
-        from .export import onnx_bytes
-        from .prepare import fold_batchnorm
-
         folded, _ = fold_batchnorm(network.cpu().float().eval())
         return onnx_bytes(folded, record)
 
@@ -234,11 +208,9 @@ class Predictor:
             if file.record is not None:
                 check_segmentation(file.record, path)
             elif model_name is not None:
-                from ..models import model_family
-
                 if model_family(model_name) not in SEGMENTATION_FAMILIES:
                     raise EffdetsegError(f"--model: {model_name!r} is not a segmentation model (for classifiers use `effdetseg classify`)")
-            network = build_model(file, model_name=model_name, num_classes=num_classes)
+            network = model_from_file(file, model_name=model_name, num_classes=num_classes)
             self.num_classes = int(network.num_classes)
             return file.record or ModelRecord.for_model(network), network
         if self.choice.backend == "auto":

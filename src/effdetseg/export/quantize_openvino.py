@@ -1,9 +1,9 @@
 """INT8 OpenVINO IR by NNCF post-training quantization, calibrated on real images.
 
-What flows: the fp32 OpenVINO model (:func:`effdetseg.deploy.export.openvino_model`, the record in
+What flows: the fp32 OpenVINO model (:func:`effdetseg.export.formats.openvino_model`, the record in
 its rt_info) → NNCF's post-training quantization, its activation statistics gathered on real
 images preprocessed by the one inference path with the record's preprocessing (the images come from
-:func:`effdetseg.deploy.quantize.open_image_source`: a folder or a data preset's train split) → an
+:func:`effdetseg.export.calibration.open_image_source`: a folder or a data preset's train split) → an
 INT8 IR whose rt_info also says, under ``effdetseg_quantization``, how it was made.
 
 Before NNCF the graph is put in the form int8 kernels need (:func:`prepared_for_nncf`): constants
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import EffdetsegError
+from ..inference.backends import OPENVINO_QUANTIZATION_KEY, require_openvino
+from ..inference.segment import preprocess
 from ..io.record import Preprocessing
-from .inference import preprocess
-from .quantize import ImageSource
-from .runtimes import OPENVINO_QUANTIZATION_KEY, require_openvino
+from .calibration import ImageSource
 
 
 @dataclass(frozen=True)

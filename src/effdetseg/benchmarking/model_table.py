@@ -1,4 +1,4 @@
-"""Benchmark: params, GMACs, latency (median, p90), images/s and peak memory of zoo models.
+"""Zoo models side by side: params, GMACs, latency (median, p90), images/s and peak memory.
 
 All models are built first and then timed in alternation, one forward pass each per round (the
 order rotates every round), so a machine that gets slower or faster during the run affects every
@@ -18,9 +18,8 @@ Memory, per model, measured in its own forward pass after warm-up:
   resident set before; where that is unavailable, the growth of ``getrusage``'s ``ru_maxrss``,
   which only shows a model that raises the process's peak (a lower bound, marked ``≥``).
 
-Exported ONNX files (fp32 or INT8) are timed in ONNX Runtime against the eager network they came
-from, as ``predict`` runs it (:func:`benchmark_onnx_files`), alternately in the same way
-(:func:`time_alternating`), both runtimes on the same number of threads.
+Exported files are timed by :mod:`effdetseg.benchmarking.exported_files`, one network in every
+backend by :mod:`effdetseg.benchmarking.backend_table`.
 """
 from __future__ import annotations
 
@@ -30,16 +29,18 @@ import re
 import resource
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import EffdetsegError
-from .timing import Timing, time_alternating, torch_threads
+from ..inference.prepare import prepare_for_inference
+from ..inference.timing import time_alternating
+from ..io.record import SEGMENTATION_FAMILIES
+from ..models import create_model, is_model, list_models, model_family
+from ..models.complexity import count_macs, count_parameters
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SMP_ARCHITECTURES = ("FPN", "Unet", "DeepLabV3Plus")
@@ -71,9 +72,6 @@ class Result:
 
 
 def zoo_candidates(spec: str, num_classes: int) -> list[Candidate]:
-    from ..io.record import SEGMENTATION_FAMILIES
-    from ..models import create_model, is_model, list_models, model_family
-
     if spec == "all":
         names = [n for n in list_models() if model_family(n) in SEGMENTATION_FAMILIES]
     else:
@@ -183,16 +181,12 @@ def benchmark(
     warmup: int,
     memory_format: torch.memory_format = torch.channels_last,
 ) -> list[Result]:
-    from .complexity import count_macs, count_parameters
-
     gmacs, params = [], []  # of the architecture (before BatchNorm folding)
     for candidate in candidates:
         with torch.device("meta"):
             meta_model = candidate.build()
         gmacs.append(count_macs(meta_model, resolution) / 1e9)
         params.append(count_parameters(meta_model))
-    from .prepare import prepare_for_inference
-
     channels_last = memory_format == torch.channels_last
     models = [
         (prepare_for_inference(c.build(), device, channels_last=channels_last) if c.prepare else c.build().eval())
@@ -264,56 +258,3 @@ def format_table(results: list[Result]) -> str:
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- exported files
-
-
-def eager_and_file_runners(
-    model: nn.Module, files: Mapping[str, tuple[str, str | Path]], images: torch.Tensor, threads: int
-) -> dict[str, Callable[[], Any]]:
-    """Runners for :func:`time_alternating`: ``model`` (prepared for inference, see
-    :func:`~effdetseg.deploy.prepare.prepare_for_inference`) as ``eager fp32``, then each exported
-    file under its name, run by its backend (``onnxruntime`` or ``openvino``) on ``threads``
-    threads, all on the same input batch, each through the runner ``Predictor`` uses."""
-    from .inference import ModelRunner
-    from .runtimes import OnnxRunner, OpenVinoRunner
-
-    run = ModelRunner(model.cpu().float().eval())  # as predict runs it, memory-format conversion included
-
-    def eager() -> None:
-        with torch.inference_mode():
-            run(images)
-
-    runners: dict[str, Callable[[], Any]] = {"eager fp32": eager}
-    for name, (backend, path) in files.items():
-        runner = OpenVinoRunner(path, threads=threads) if backend == "openvino" else OnnxRunner(path, torch.device("cpu"), threads)
-        runners[name] = lambda runner=runner: runner(images)
-    return runners
-
-
-def eager_and_onnx_runners(model: nn.Module, onnx_files: Mapping[str, str | Path], images: torch.Tensor, threads: int) -> dict[str, Callable[[], Any]]:
-    """:func:`eager_and_file_runners` for ONNX files, all run by ONNX Runtime."""
-    return eager_and_file_runners(model, {name: ("onnxruntime", path) for name, path in onnx_files.items()}, images, threads)
-
-
-def benchmark_onnx_files(files: Sequence[str | Path], resolution: tuple[int, int], threads: int, rounds: int, warmup: int) -> dict[str, Timing]:
-    """Time ONNX files against the eager fp32 network they were exported from — rebuilt from the
-    first file's model record with random weights (the speed does not depend on them) and
-    prepared as ``predict`` runs it — alternately, on ``threads`` threads each."""
-    from .export import onnx_metadata
-    from .predictor import export_record
-    from .prepare import prepare_for_inference
-    from .quantize import QUANTIZATION_KEY
-
-    metadata = {Path(path): onnx_metadata(path) for path in files}
-    first = Path(files[0])
-    record = export_record(metadata[first], first)
-    if record is None:
-        raise EffdetsegError(f"{first}: no effdetseg model record in its metadata (export it with `effdetseg export`)")
-    model = prepare_for_inference(record.architecture.build(first), torch.device("cpu"))
-    names = {f"onnxruntime {'int8' if QUANTIZATION_KEY in meta else 'fp32'} {path.name}": path for path, meta in metadata.items()}
-    images = torch.randn(1, 3, *resolution, generator=torch.Generator().manual_seed(0))
-    runners = eager_and_onnx_runners(model, names, images, threads)
-    with torch_threads(threads), torch.inference_mode():
-        return time_alternating(runners, rounds=rounds, warmup=warmup)

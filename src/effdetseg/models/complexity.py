@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .registry import create_model
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -31,8 +33,6 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] = (512, 512), batch
 
 def model_complexity(name: str, input_size: tuple[int, int] = (512, 512), **kwargs: Any) -> dict[str, int]:
     """Params and MACs of a zoo variant, built directly on the meta device."""
-    from ..models import create_model
-
     with torch.device("meta"):
         model = create_model(name, **kwargs)
     return {"params": count_parameters(model), "macs": count_macs(model, input_size)}

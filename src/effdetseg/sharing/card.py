@@ -19,7 +19,7 @@ import torch
 
 from ..io.labels import LabelSet
 from ..io.record import DEFAULT_INPUT_SIZE, ModelRecord, Preprocessing
-from .complexity import count_macs, count_parameters
+from ..models.complexity import count_macs, count_parameters
 
 LIBRARY_NAME = "effdetseg"
 CARD_TAGS = ("semantic-segmentation", "efficientdet", "bifpn", "pytorch", "effdetseg")

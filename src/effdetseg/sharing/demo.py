@@ -28,11 +28,11 @@ from PIL import Image
 
 from ..data.image_io import ImageTooLargeError, decode_image
 from ..errors import EffdetsegError
+from ..inference.predictor import Predictor
 from ..io.labels import LabelSet
 from ..io.record import DEFAULT_INPUT_SIZE, ResizeMode
+from ..pictures.label_maps import label_image, present_classes
 from .card import record_summary
-from .predictor import Predictor
-from .visualize import label_image, present_classes
 
 PAGE = Path(__file__).with_name("demo.html")
 log = logging.getLogger("effdetseg.demo")

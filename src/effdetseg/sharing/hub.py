@@ -2,8 +2,8 @@
 
 A folder holds ``config.json`` (the model record: architecture, classes with names and colours,
 preprocessing, provenance), ``model.safetensors`` (the weights) — both written and read by
-:mod:`effdetseg.io.record`, the one record loader — and ``README.md``, the model card generated
-from the record (:func:`effdetseg.deploy.card.hub_model_card`), with the per-class IoU plot of the
+:mod:`effdetseg.io.model_files`, the one model-file reader — and ``README.md``, the model card generated
+from the record (:func:`effdetseg.sharing.card.hub_model_card`), with the per-class IoU plot of the
 record's validation metrics and, for a training run's ``best.pth``, the prediction grid training
 drew on its validation images. ``Predictor``, ``predict``, ``evaluate`` and ``demo`` take the folder
 as ``--checkpoint``.
@@ -23,11 +23,14 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import EffdetsegError, first_line
+from ..inference.predictor import check_segmentation
+from ..io.build import load_model
 from ..io.files import atomic_write, ensure_output_folder, run_owner
 from ..io.labels import LabelSet
-from ..io.record import FOLDER_RECORD, FOLDER_WEIGHTS, ModelRecord, load_model, read_model_file, unwrap, write_model_folder
+from ..io.model_files import FOLDER_RECORD, FOLDER_WEIGHTS, read_model_file, write_model_folder
+from ..io.record import ModelRecord, unwrap
+from ..pictures.charts import plot_class_iou
 from .card import class_ious, hub_model_card
-from .predictor import check_segmentation
 
 CARD_FILE = "README.md"
 CLASS_IOU_PLOT = "per_class_iou.png"
@@ -68,8 +71,6 @@ def save_pretrained(
     images, notes = {}, []
     ious = class_ious(record, labels)
     if ious is not None:
-        from .charts import plot_class_iou
-
         miou = (record.provenance.metrics or {}).get("miou")
         title = "per-class IoU (validation)" + (f": mIoU {100 * miou:.2f} %" if miou is not None else "")
         atomic_write(

@@ -2,8 +2,8 @@
 INT8, against smp's FPN on the same encoder, timed alternately in one process.
 
 What flows: a zoo model (random weights, or a checkpoint's) → BatchNorm folded → one ONNX graph in
-memory (:func:`effdetseg.deploy.export.onnx_bytes`) → each backend's runner (the runners
-``Predictor`` uses, :mod:`effdetseg.deploy.runtimes`) → :func:`time_alternating` over all of them
+memory (:func:`effdetseg.inference.onnx_graph.onnx_bytes`) → each backend's runner (the runners
+``Predictor`` uses, :mod:`effdetseg.inference.runners`) → :func:`time_alternating` over all of them
 and over smp's FPN (eager at its best — channels-last, inference mode — and in OpenVINO) on one
 1×3×R×R input, every runtime on the same number of threads → per backend: the median, its ratio to
 our eager model, its ratio to the FPN in eager PyTorch and in OpenVINO, and the fraction of pixels
@@ -11,8 +11,8 @@ whose argmax agrees with our eager model on real (or generated) images preproces
 does.
 
 Backends: ``eager``; ``onnxruntime``; ``openvino``; ``int8`` (OpenVINO INT8 by NNCF with the
-default recipe of :mod:`effdetseg.deploy.quantize_openvino`); ``onnxruntime-int8`` (ONNX Runtime's
-static QDQ quantization, :mod:`effdetseg.deploy.quantize`). The INT8 ones are calibrated on
+default recipe of :mod:`effdetseg.export.quantize_openvino`); ``onnxruntime-int8`` (ONNX Runtime's
+static QDQ quantization, :mod:`effdetseg.export.quantize_onnx`). The INT8 ones are calibrated on
 ``calibration`` images and their agreement is measured on other images of the same source.
 """
 from __future__ import annotations
@@ -27,10 +27,18 @@ import torch
 from torch import nn
 
 from ..errors import EffdetsegError
+from ..export.calibration import ImageSource, split_images
+from ..export.formats import openvino_model
+from ..export.parity import generated_parity_image
+from ..export.quantize_onnx import quantize_onnx
+from ..export.quantize_openvino import NncfRecipe, quantize_openvino
+from ..inference.onnx_graph import onnx_bytes
+from ..inference.prepare import fold_batchnorm, prepare_for_inference
+from ..inference.runners import OnnxRunner, OpenVinoRunner
+from ..inference.segment import ModelRunner, preprocess
+from ..inference.timing import Timing, time_alternating, torch_threads
 from ..io.record import ModelRecord, ResizeMode
-from .timing import Timing, time_alternating, torch_threads
-from .inference import ModelRunner, preprocess
-from .quantize import ImageSource, split_images
+from .model_table import smp_candidates
 
 TABLE_BACKENDS = ("eager", "onnxruntime", "openvino", "int8", "onnxruntime-int8")
 INT8_BACKENDS = ("int8", "onnxruntime-int8")
@@ -59,8 +67,6 @@ def parse_backends(text: str) -> tuple[str, ...]:
 
 def smp_fpn(backbone: str, num_classes: int) -> nn.Module:
     """smp's FPN on the encoder matching our ``backbone`` (random weights, eval mode)."""
-    from .benchmark import smp_candidates
-
     (candidate,) = [c for c in smp_candidates([backbone], num_classes) if c.label.startswith("smp FPN")]
     return candidate.build().eval()
 
@@ -104,10 +110,6 @@ def backend_table(
     """The rows of one model (see the module doc). ``images``: real images to calibrate INT8 on
     and to measure agreement on (held out from calibration); None: a generated scene for the
     agreement, and no INT8."""
-    from .export import generated_parity_image, onnx_bytes, openvino_model
-    from .prepare import fold_batchnorm, prepare_for_inference
-    from .runtimes import OnnxRunner, OpenVinoRunner
-
     model = model.cpu().float().eval()
     record = ModelRecord.for_model(model)
     preprocessing = replace(record.preprocessing, size=resolution, resize=ResizeMode.fixed)
@@ -132,15 +134,11 @@ def backend_table(
         elif backend == "openvino":
             runners[backend] = OpenVinoRunner(graph, threads=threads, name=name)
         elif backend == "int8":
-            from .quantize_openvino import NncfRecipe, quantize_openvino
-
             assert images is not None
             recipe = NncfRecipe() if keep_float is None else NncfRecipe(keep_float=keep_float)
             quantized = quantize_openvino(openvino_model(graph, record), images, calibration, preprocessing, recipe)
             runners[backend] = OpenVinoRunner(quantized, threads=threads, name=f"{name} int8")
         elif backend == "onnxruntime-int8":
-            from .quantize import quantize_onnx
-
             assert images is not None
             with tempfile.TemporaryDirectory(prefix="effdetseg-int8-") as work:
                 fp32, int8 = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
@@ -200,5 +198,3 @@ def agreement_inputs_note(images: ImageSource | None, agreement_images: int) -> 
     if images is None:
         return "agreement on a generated scene"
     return f"agreement on {min(agreement_images, images.count - 1)} held-out images of {images.description}"
-
-

@@ -1,1 +1,0 @@
-"""Using a trained model: the one inference path, the Predictor, export, benchmark, pictures of label maps."""
