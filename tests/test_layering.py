@@ -33,8 +33,6 @@ ORDER: tuple[tuple[str, ...], ...] = (
 NOT_FOR_TRAINING = ("effdetseg.export", "effdetseg.benchmarking", "effdetseg.sharing", "effdetseg.commands")
 # The entry points import each command's modules when it runs (so `effdetseg --help` stays fast).
 LAZY_IMPORTERS = ("effdetseg.commands", "effdetseg.cli")
-# Imports inside functions that predate this rule, in modules maintained elsewhere: move them to the top.
-KNOWN_LAZY = {"effdetseg.engine.plan", "effdetseg.data.cache"}
 
 
 def module_name(path: Path) -> str:
@@ -165,6 +163,6 @@ def test_library_modules_import_effdetseg_at_the_top() -> None:
     lazy = sorted(
         f"{m} imports {sorted(GRAPH[m] - imported_modules(m, top_level_only=True))} inside a function"
         for m in MODULES
-        if not m.startswith(LAZY_IMPORTERS) and m not in KNOWN_LAZY and GRAPH[m] - imported_modules(m, top_level_only=True)
+        if not m.startswith(LAZY_IMPORTERS) and GRAPH[m] - imported_modules(m, top_level_only=True)
     )
     assert not lazy, "\n".join(lazy)

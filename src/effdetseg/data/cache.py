@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import EffdetsegError
 from .datasets import AugmentedDataset
+from .image_io import open_image
 
 CACHE_MODES = ("none", "ram")
 # Keep this much of the available memory for the model, activations and the rest of the run.
@@ -81,8 +82,6 @@ def available_memory() -> int | None:
 def image_headers(paths: Sequence[Path]) -> list[tuple[int, int, str]]:
     """(height, width, PIL mode) of each image, from its header (nothing is decoded; the pixel
     limit applies, naming its setting)."""
-    from .image_io import open_image
-
     headers = []
     for path in paths:
         try:

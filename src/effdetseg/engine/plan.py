@@ -70,6 +70,7 @@ from ..data.cache import DecodedStore, available_memory
 from ..data.fingerprint import FINGERPRINT_FORMATS, Fingerprint, fits_in_memory, take_fingerprint
 from ..devices import resolve_device
 from ..errors import EffdetsegError, first_line
+from ..models import create_model
 
 PLAN_FILE = "plan.json"
 CPU_BACKBONE = "tf_efficientnet_lite0"
@@ -198,8 +199,6 @@ def backbone_name(model_cfg: DictConfig) -> str:
     """``train.model.backbone``, or the variant's own (built on the meta device: no cost)."""
     if model_cfg.get("backbone"):
         return str(model_cfg.backbone)
-    from ..models import create_model
-
     with torch.device("meta"):
         model = create_model(str(model_cfg.name), num_classes=2)
     backbone = getattr(model, "backbone", None)
