@@ -12,7 +12,7 @@ site what this hook makes:
   (``effdetseg.configs.schema``), with its value and comment in ``train.yaml`` and the data presets,
   and the recipe and augmentation presets as they are on disk.
 - ``zoo`` (``guide/models.md``): the zoo table of README.md (the table
-  ``effdetseg models --update-readme README.md`` writes and ``tests/test_models_command.py`` checks).
+  ``effdetseg models --update-readme README.md`` writes and ``tests/models/test_models_command.py`` checks).
 - ``camvid`` (``recipes/camvid.md``): the README's CamVid command, the one the benchmarks run.
 
 Registered in ``mkdocs.yml`` under ``hooks:``.

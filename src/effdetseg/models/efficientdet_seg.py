@@ -36,7 +36,7 @@ class EfficientDetSegConfig:
     max_level: int = 7
     # "grid": resample between levels on the backbone's own pixel grid (TF "SAME" or symmetric
     # padding); "legacy": nearest upsampling and box-grid upsampler (1.5–4 px off, see
-    # tests/test_alignment.py). Legacy stays the default: checkpoints record no alignment and were
+    # tests/models/test_alignment.py). Legacy stays the default: checkpoints record no alignment and were
     # trained with it, and "grid" has not yet measured better (docs/benchmarks.md).
     alignment: str = "legacy"
     head_levels: int = 1  # the head reads P2 … P(1 + head_levels), each brought to P2 and fused (1: P2 alone)

@@ -24,10 +24,10 @@ from effdetseg.pictures.label_maps import (
     side_by_side,
     with_legend,
 )
+from conftest import REPO, SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOC = DATA / "voc2012_sample"
-VOC_LABELS = Path(__file__).resolve().parents[1] / "src" / "effdetseg" / "assets" / "PascalVOC2012.json"
+VOC = SHARED_DATA / "voc2012_sample"
+VOC_LABELS = REPO / "src" / "effdetseg" / "assets" / "PascalVOC2012.json"
 ERROR_PREFIX = "effdetseg predict: error: "
 
 

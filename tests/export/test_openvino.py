@@ -4,7 +4,7 @@ file skipped and named), the `benchmark --backends` table, and one line when Ope
 
 OpenVINO itself runs only in subprocesses (``run_command``, ``run_python``): the whole suite in one
 pytest process that had loaded OpenVINO died with a segmentation fault outside Python, many tests
-later (in tests/test_resume.py); a user's command starts afresh, and so does each check here."""
+later (in tests/training/test_resume.py); a user's command starts afresh, and so does each check here."""
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_D0 as TINY
+from conftest import SHARED_DATA, TINY_D0 as TINY
 from effdetseg import save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_image, read_mask
@@ -32,7 +32,7 @@ from effdetseg.io.record import Preprocessing, ResizeMode
 if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
     pytest.skip("the OpenVINO backend is the optional extra effdetseg[openvino]", allow_module_level=True)
 
-CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
+CAMVID = SHARED_DATA / "camvid"
 VAL_IMAGE = CAMVID / "val" / "0016E5_07959.jpg"
 
 

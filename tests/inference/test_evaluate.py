@@ -14,10 +14,10 @@ from effdetseg.data import read_mask
 from effdetseg.engine.metrics import ConfusionMatrix
 from effdetseg.io.labels import LabelSet
 from effdetseg.io.record import Preprocessing, ResizeMode
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOC = DATA / "voc2012_sample"
-CAMVID = DATA / "camvid"
+VOC = SHARED_DATA / "voc2012_sample"
+CAMVID = SHARED_DATA / "camvid"
 
 
 @pytest.fixture(scope="module")

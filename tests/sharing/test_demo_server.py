@@ -1,5 +1,5 @@
 """effdetseg.sharing.demo over real HTTP (uvicorn in a thread): the page, the endpoints, bad uploads,
-the model card, and the command's start-up errors. The browser test is tests/test_demo_browser.py."""
+the model card, and the command's start-up errors. The browser test is tests/sharing/test_demo_browser.py."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

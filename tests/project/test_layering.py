@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from conftest import REPO
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "effdetseg"
+PACKAGE = REPO / "src" / "effdetseg"
 
 # Each package may import those of its own level and below.
 ORDER: tuple[tuple[str, ...], ...] = (

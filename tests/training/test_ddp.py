@@ -12,10 +12,10 @@ from pathlib import Path
 
 from effdetseg import read_record
 from effdetseg.cli import main as cli_main
+from conftest import REPO
 
 pytestmark = pytest.mark.slow  # a two-process training run
 
-REPO = Path(__file__).resolve().parents[1]
 VAL_IMAGES = 5  # odd: a padding DistributedSampler would count one image twice
 TINY = [
     "train.model.backbone=mobilenetv3_small_050",

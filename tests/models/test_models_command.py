@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from pathlib import Path
 
 from effdetseg.commands.models import README_END, README_START, markdown_table, model_rows
+from conftest import REPO
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import errno
 import hashlib
 import io
 import os
-import pickle
 import struct
 import subprocess
 import sys
@@ -29,12 +28,11 @@ from effdetseg.cli import main as cli
 from effdetseg.configs.compose import compose
 from effdetseg.errors import EffdetsegError
 
-from conftest import one_error_line
+from conftest import REPO, one_error_line
 from effdetseg.io.files import FolderLock, atomic_write
 from effdetseg.io.model_files import write_model_file
 from effdetseg.io.record import Provenance
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = [
     "train.model.backbone=mobilenetv3_small_050", "+train.model.overrides.bifpn_channels=16",
     "+train.model.overrides.head_channels=16", "data.batch_size=2", "data.num_workers=0",

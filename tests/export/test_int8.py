@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import TINY_D0 as TINY
+from conftest import SHARED_DATA, TINY_D0 as TINY
 from effdetseg import create_model, save_model
 from effdetseg.cli import main as cli
 from effdetseg.data import read_image, read_mask
@@ -22,8 +22,7 @@ from effdetseg.export.quantize_onnx import QUANTIZATION_KEY, shape_arithmetic_no
 from effdetseg.inference.predictor import Predictor
 from effdetseg.io.record import METADATA_KEY, ModelRecord, Preprocessing
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CAMVID = DATA / "camvid"
+CAMVID = SHARED_DATA / "camvid"
 VAL_IMAGE = CAMVID / "val" / "0016E5_07959.jpg"
 EXPORT_FLAGS = ["--resolution", "128", "--calibration-images", "4", "--check-images", "2", "--timing-rounds", "1",
                 "--threads", "1", "--image", str(VAL_IMAGE)]

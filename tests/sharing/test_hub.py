@@ -22,8 +22,9 @@ from effdetseg.io.model_files import read_model_file
 from effdetseg.io.record import Preprocessing, Provenance
 from effdetseg.models.complexity import count_parameters
 from effdetseg.sharing.demo import DemoModel, model_card
+from conftest import SHARED_DATA
 
-VOC_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012_sample" / "JPEGImages"
+VOC_IMAGES = SHARED_DATA / "voc2012_sample" / "JPEGImages"
 LABELS = LabelSet(("sky", "road", "car"), ((0, 0, 255), (128, 128, 128), (255, 0, 0)))
 COMMAND = ("effdetseg", "train", "data=camvid", "train.num_epochs=2", "experiment_name=tiny run")
 

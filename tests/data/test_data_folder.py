@@ -13,9 +13,9 @@ from effdetseg.data import build_dataset, build_label_set
 from effdetseg.configs.compose import compose
 from effdetseg.io.labels import voc_colormap
 from effdetseg.errors import EffdetsegError
+from conftest import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CAMVID = SHARED / "camvid"
+CAMVID = SHARED_DATA / "camvid"
 
 
 def folder_cfg(root: Path, *overrides: str, preset: str = "folder"):

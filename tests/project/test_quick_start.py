@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHORT_TRAINING = ["data.train_samples=16", "data.val_samples=4", "train.num_epochs=1", "train.progress=false"]
 
 

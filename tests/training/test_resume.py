@@ -16,10 +16,10 @@ import torch
 
 from effdetseg import load_model
 from effdetseg.cli import main as cli_main
+from conftest import REPO
 
 pytestmark = pytest.mark.slow  # three training runs, one killed
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "train.model.backbone=mobilenetv3_small_050",
     "+train.model.overrides.bifpn_channels=16",

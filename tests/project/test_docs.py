@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 CI_MARKER = "# tests (CI runs this line verbatim)"
 

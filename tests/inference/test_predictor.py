@@ -15,9 +15,9 @@ from effdetseg.inference.backends import detect_format
 from effdetseg.inference.predictor import Predictor
 from effdetseg.inference.segment import preprocess
 from effdetseg.io.record import IMAGENET_MEAN, Preprocessing
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOC_IMAGE = DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
+VOC_IMAGE = SHARED_DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
 
 
 class DominantChannel(nn.Module):

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from effdetseg.cli import main
+from conftest import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOC = SHARED / "voc2012_sample"
+VOC = SHARED_DATA / "voc2012_sample"
 
 pytestmark = pytest.mark.skipif(not VOC.is_dir(), reason=f"real VOC sample missing at {VOC}")
 

@@ -28,10 +28,11 @@ from effdetseg import Predictor, create_model, save_model
 from effdetseg.data import read_image, read_mask
 from effdetseg.inference.segment import preprocess
 from effdetseg.io.labels import LabelSet
+from conftest import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 
-PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012_sample" / "JPEGImages"
+PHOTOS = SHARED_DATA / "voc2012_sample" / "JPEGImages"
 PHOTO = PHOTOS / "2007_000033.jpg"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -12,9 +12,9 @@ from effdetseg.data import build_dataset, read_mask
 from effdetseg.data.coco import COCO_IDS_IN_VOC_ORDER, load_coco, prepare_coco_voc, rasterize
 from effdetseg.configs.compose import compose
 from effdetseg.io.labels import LabelSet
+from conftest import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COCO = SHARED / "coco_val2017_sample"
+COCO = SHARED_DATA / "coco_val2017_sample"
 SUBSET = "annotations/instances_val2017_subset.json"
 
 pytestmark = [

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
 import own_data  # noqa: E402
 import quality  # noqa: E402
 

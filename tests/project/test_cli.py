@@ -13,6 +13,7 @@ from effdetseg.cli import main as cli
 from effdetseg.commands import benchmark, evaluate, export, predict
 from effdetseg.devices import resolve_device, slow_bf16_warning
 from effdetseg.errors import EffdetsegError
+from conftest import SHARED_DATA
 
 
 def one_error_line(capsys: pytest.CaptureFixture, command: str) -> str:
@@ -61,7 +62,7 @@ def test_every_command_takes_device_and_reports_one_line(tmp_path: Path, capsys)
     checkpoint = tmp_path / "m.pth"
     torch.manual_seed(0)
     save_model(create_model("efficientdet_d0_seg", num_classes=3, backbone="mobilenetv3_small_050", bifpn_channels=16, head_channels=16), checkpoint)
-    image = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
+    image = SHARED_DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
     cases = {
         "predict": ["--data", str(image), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "p")],
         "classify": ["--data", str(image)],

@@ -14,10 +14,10 @@ from effdetseg.data import build_dataset, build_label_set, read_mask
 from effdetseg.configs.compose import compose
 from effdetseg.data.transforms import build_transform
 from effdetseg.errors import EffdetsegError
+from conftest import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOC = SHARED / "voc2012_sample"
-LISTS = SHARED / "voc2012_lists"
+VOC = SHARED_DATA / "voc2012_sample"
+LISTS = SHARED_DATA / "voc2012_lists"
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 

@@ -23,9 +23,9 @@ from effdetseg.inference.onnx_graph import export_program
 from effdetseg.inference.predictor import Predictor
 from effdetseg.inference.prepare import fold_batchnorm
 from effdetseg.io.record import METADATA_KEY
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-IMAGE = DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
+IMAGE = SHARED_DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
 
 
 def randomize_batchnorm(model: nn.Module) -> None:

