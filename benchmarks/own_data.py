@@ -47,23 +47,20 @@ and writes them with every detail to ``benchmarks/results/own_data_<date>.json``
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
 import re
 import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
+import results_file  # noqa: E402
 from readme_commands import run_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,29 +248,6 @@ def run_baseline(bench: BenchSet, model: str, minutes: float, seed: int = 0) -> 
 # ------------------------------------------------------------------------------------- report
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    return {
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "commit": git("rev-parse", "HEAD") or "unknown",
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
-
-
 def mean_miou(rows: list[dict], set_name: str, model: str) -> float | None:
     """The mean mIoU of a set's runs of ``model`` over its seeds (None without one)."""
     values = [r["miou"] for r in rows if r["set"] == set_name and r["model"] == model and r.get("miou") is not None]
@@ -347,19 +321,12 @@ CSV_FIELDS = ("date", "cpu", "commit", "set", "model", "seed", "minutes", "train
               "per_class_iou", "steps", "train_s", "wall_s", "other_load", "miou_ratio", "error_ratio", "error")
 
 
-def write_results(path_stem: Path, info: dict, rows: list[dict]) -> None:
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    path_stem.with_suffix(".json").write_text(json.dumps({**info, "results": rows, "summary": summary(rows)}, indent=1, default=str) + "\n")
-    with open(path_stem.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_FIELDS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({
-                "date": info["date"], "cpu": info["cpu"],
-                "commit": info["commit"] + (" + uncommitted changes" if info["uncommitted_changes"] else ""),
-                **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k in CSV_FIELDS[3:]},
-                "per_class_iou": "; ".join(f"{n}={'' if v is None else round(v, 4)}" for n, v in (r.get("iou") or {}).items()),
-            })
+def write_results(results_dir: Path, info: dict, rows: list[dict]) -> Path:
+    """``own_data_<date>.json`` (every detail and the summary) and ``.csv`` (``CSV_FIELDS``, per-class IoU as name=value)."""
+    per_class = [{**r, "per_class_iou": "; ".join(f"{n}={'' if v is None else round(v, 4)}" for n, v in (r.get("iou") or {}).items())}
+                 for r in rows]
+    return results_file.write_results("own_data", rows, info=info, extra={"summary": summary(rows)}, results_dir=results_dir,
+                                      fields=CSV_FIELDS[3:], csv_rows=per_class)
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -413,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="own_data_")).resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     weights = quality.lite0_weights()
-    info = {**machine(), "argv": sys.argv[1:], "work_dir": str(work), "weights": weights,
+    info = {**results_file.machine_info(), "argv": sys.argv[1:], "work_dir": str(work), "weights": weights,
             "baseline_recipe": vars(quality.Recipe()), "test_split": f"every {TEST_EVERY}th sorted id (own/), CamVid val"}
-    stem = Path(args.results_dir) / f"own_data_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    stem = results_file.results_stem("own_data", info["date"], args.results_dir)
     print(f"{info['date']}  {info['cpu']} ({info['cores']} cores)  commit {info['commit'][:10]}"
           f"{' + uncommitted changes' if info['uncommitted_changes'] else ''}\nwork folder {work}", flush=True)
 
@@ -448,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{bench.name} {model}: failed: {failure}", flush=True)
                 rows.append(row)
                 add_ratios(rows)
-                write_results(stem, info, rows)
+                write_results(Path(args.results_dir), info, rows)
     print()
     print(table(rows))
     if len(seeds) > 1 or variants:
