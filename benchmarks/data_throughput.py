@@ -3,6 +3,9 @@
 
     python benchmarks/data_throughput.py                      # 2 workers, 512×512, 400 images
     python benchmarks/data_throughput.py --workers 4 --images 1000
+
+Writes the line as ``benchmarks/results/data_throughput_<date>.json`` and ``.csv`` (date, CPU,
+commit; ``--results-dir``, ``--no-results``).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import argparse
 import gc
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from effdetseg.data import build_dataset, collate_pad
 from effdetseg.configs.compose import compose
+from results_file import add_results_argument, parameters, write_results_from_args
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012_sample"
 
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="training resolution (Resize in the VOC pipeline)")
     parser.add_argument("--images", type=int, default=400, help="images to time (after one warm-up batch)")
     parser.add_argument("--augmentation", default="voc_original", help="data/augmentation preset (voc_original, deeplab)")
+    add_results_argument(parser)
     args = parser.parse_args()
 
     cfg = compose(
@@ -77,11 +83,18 @@ def main() -> None:
     # CPU time per image (workers + main process, warm-up included) does not depend on what else
     # the machine runs: 1000 / cpu_ms is the rate one free core sustains.
     cpu_ms = 1000 * (_cpu_seconds() - cpu_before) / (seen + warmup)
+    load = os.getloadavg()[0]
     print(
         f"data throughput: {seen / elapsed:.1f} img/s  ({seen} images of {shape} in {elapsed:.2f} s; "
         f"{len(train)} VOC sample photos looped, {args.augmentation}, batch {args.batch_size}, {args.workers} workers; "
-        f"{cpu_ms:.1f} CPU ms per image; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        f"{cpu_ms:.1f} CPU ms per image; load average {load:.1f} on {os.cpu_count()} cores)"
     )
+    row = {
+        "images_per_s": seen / elapsed, "images": seen, "shape": "x".join(map(str, shape)), "seconds": elapsed,
+        "photos": len(train), "augmentation": args.augmentation, "batch_size": args.batch_size, "workers": args.workers,
+        "cpu_ms_per_image": cpu_ms, "load_average": load,
+    }
+    write_results_from_args(args, "data_throughput", [row], info={"argv": sys.argv[1:], **parameters(args)})
 
 
 def _cpu_seconds() -> float:
