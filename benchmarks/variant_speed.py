@@ -3,7 +3,8 @@
 The ms/step column of the README's quality ablation: each variant (``name[key=value,…]`` as in
 ``benchmarks/quality.py``) and smp's FPN on the same encoder run forward + cross-entropy + backward +
 AdamW on one fixed batch, in turns, so a noisy machine slows all alike; the median per variant and
-its ratio to the FPN are printed.
+its ratio to the FPN are printed and written to ``benchmarks/results/variant_speed_<date>.json`` and
+``.csv`` (date, CPU, commit; ``--results-dir``, ``--no-results``).
 
     python benchmarks/variant_speed.py --models "efficientdet_d0_seg,efficientdet_d0_seg[bifpn_channels=64]" \\
         [--encoder tf_efficientnet_lite0] [--batch 8] [--size 256] [--repeats 5] [--threads 2]
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
 
 import torch
 
 from quality import SMP_ARCHS, parse_candidate, split_candidates
+from results_file import add_results_argument, parameters, write_results_from_args
 
 
 def build(text: str, encoder: str, num_classes: int) -> torch.nn.Module:
@@ -39,6 +42,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    add_results_argument(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -60,9 +64,13 @@ def main() -> None:
                 times[n].append(time.perf_counter() - start)
     fpn = statistics.median(times["smp_fpn"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.batch}×3×{args.size}², encoder {args.encoder}")
+    rows = []
     for n in names:
         med = statistics.median(times[n])
         print(f"{med * 1e3:8.0f} ms/step   ratio to FPN {med / fpn:.2f}   {n}")
+        rows.append({"model": n, "ms_per_step": med * 1e3, "ratio_to_fpn": med / fpn, "samples_ms": [t * 1e3 for t in times[n]]})
+    info = {"argv": sys.argv[1:], "torch": torch.__version__, **parameters(args), "threads": torch.get_num_threads()}
+    write_results_from_args(args, "variant_speed", rows, info=info)
 
 
 if __name__ == "__main__":
