@@ -10,16 +10,17 @@ subprocess, which resets its resident-set high-water mark after building the mod
 ``/proc/self/clear_refs``) and reports how far it rose above the resident set during three steps
 (activations, gradients and optimizer state). ``--grad-checkpointing`` adds a third model: ours
 with ``set_grad_checkpointing()`` (``train.grad_checkpointing=true``), which recomputes activations
-in the backward pass: less memory for more time.
+in the backward pass: less memory for more time. Each printed setting (with its checkpointing line)
+is one row of ``benchmarks/results/train_step_<date>.json`` and ``.csv`` (date, CPU, GPU, commit;
+``--results-dir DIR``, ``--no-results``).
 
     python benchmarks/train_step.py [--settings d0,d4] [--formats nchw,channels_last] [--repeats 5] [--grad-checkpointing]
-                                    [--threads 2] [--device cpu|cuda] [--json FILE]
+                                    [--threads 2] [--device cpu|cuda] [--results-dir DIR]
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,8 @@ import time
 import warnings
 
 import torch
+
+from results_file import add_results_argument, parameters, write_results_from_args
 
 SETTINGS = {
     "d0": {"ours": "efficientdet_d0_seg", "encoder": "tu-efficientnet_b0", "batch": 8, "size": 256},
@@ -111,7 +114,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grad-checkpointing", action="store_true", help="also time ours with gradient checkpointing")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    parser.add_argument("--json")
+    add_results_argument(parser)
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -144,13 +147,17 @@ def main() -> None:
                 "batch": f"{setting['batch']}x3x{setting['size']}x{setting['size']}",
                 "ours": setting["ours"],
                 "fpn": f"smp FPN {setting['encoder']}",
-                "ms": median,
-                "peak_mb": memory,
+                "ours_ms": median["ours"],
+                "fpn_ms": median["fpn"],
                 "time_ratio": median["ours"] / median["fpn"],
+                "ours_peak_mb": memory.get("ours"),
+                "fpn_peak_mb": memory.get("fpn"),
                 "memory_ratio": memory["ours"] / memory["fpn"] if memory else None,
             }
             if "ours_ckpt" in median:
+                row["ours_ckpt_ms"] = median["ours_ckpt"]
                 row["ckpt_time_ratio"] = median["ours_ckpt"] / median["fpn"]
+                row["ours_ckpt_peak_mb"] = memory.get("ours_ckpt")
                 row["ckpt_memory_ratio"] = memory["ours_ckpt"] / memory["fpn"] if memory else None
             results.append(row)
             mem_text = (
@@ -164,9 +171,10 @@ def main() -> None:
             if "ours_ckpt" in median:
                 ckpt_mem = f"   peak memory {memory['ours_ckpt']:.0f} MB (ratio {row['ckpt_memory_ratio']:.2f})" if memory else ""
                 print(f"   with gradient checkpointing: ours {median['ours_ckpt']:8.0f} ms   ratio {row['ckpt_time_ratio']:.2f}{ckpt_mem}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    info = {"argv": sys.argv[1:], "torch": torch.__version__, **parameters(args), "threads": torch.get_num_threads(),
+            "dtype": "fp32", "num_classes": NUM_CLASSES}
+    info.pop("memory_worker")
+    write_results_from_args(args, "train_step", results, info=info)
 
 
 if __name__ == "__main__":
