@@ -7,6 +7,8 @@ checkpoint's record) and a different set of layers kept in fp32: the named group
 `effdetseg.export.quantize_openvino.SENSITIVE_LAYERS` (its `ignored_scope`) plus, per variant, extra name patterns or
 OpenVINO operation types. Each quantized model is scored by the fraction of pixels whose argmax
 matches OpenVINO fp32 on held-out CamVid val frames. Needs the extra: pip install -e '.[openvino]'.
+The table's rows go to ``benchmarks/results/nncf_layers_<date>.json`` and ``.csv`` (date, CPU,
+commit; ``--results-dir DIR``, ``--no-results``).
 
     python benchmarks/nncf_layers.py --checkpoint experiments/camvid/best.pth
     python benchmarks/nncf_layers.py --checkpoint experiments/camvid/best.pth --variants none,default,pad+fusion --unprepared
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from effdetseg.inference.prepare import fold_batchnorm
 from effdetseg.inference.segment import preprocess
 from effdetseg.io.build import model_from_file
 from effdetseg.io.model_files import read_model_file
+from results_file import add_results_argument, parameters, write_results_from_args
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 PAD_ONLY = ("pad", "stem", "classifier", "upsampler")
@@ -70,6 +74,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--unprepared", action="store_true",
                         help="quantize the graph as read from ONNX, not prepared for NNCF (effdetseg before the fix)")
+    add_results_argument(parser)
     args = parser.parse_args()
     ov, nncf = require_openvino(), require_nncf()
     nncf.set_log_level(logging.ERROR)
@@ -93,6 +98,7 @@ def main() -> None:
     print(f"{args.checkpoint}: {len(calibration)} calibration images (train), {len(held_out)} held-out (val), "
           f"input {tuple(held_out[0].shape)}; agreement with OpenVINO fp32")
     print("| kept in fp32 | agreement |\n|---|---|")
+    rows = []
     for name in args.variants.split(","):
         groups, patterns, types = VARIANTS[name]
         started = time.perf_counter()
@@ -102,7 +108,13 @@ def main() -> None:
         compiled = core.compile_model(quantized, "CPU", config)
         agreement = np.mean([(np.asarray(compiled(x)[0]).argmax(1) == e).mean() for x, e in zip(held_out, expected)])
         label = "+".join(groups) + "".join(f" +{p}" for p in (*patterns, *types))
-        print(f"| {name}: {label} | {100 * agreement:.2f} % |  ({time.perf_counter() - started:.0f} s)", flush=True)
+        seconds = time.perf_counter() - started
+        print(f"| {name}: {label} | {100 * agreement:.2f} % |  ({seconds:.0f} s)", flush=True)
+        rows.append({"variant": name, "kept_in_fp32": label, "agreement": float(agreement), "seconds": seconds})
+    info = {"argv": sys.argv[1:], **parameters(args), "calibration": len(calibration), "held_out": len(held_out),
+            "input": list(held_out[0].shape)}
+    write_results_from_args(args, "nncf_layers", rows, info=info)
+
 
 if __name__ == "__main__":
     main()
