@@ -7,6 +7,9 @@ ratio of images per second (training phase, and the whole command), and where th
 went, from the per-phase seconds it logs in metrics.jsonl (waiting for data, forward, loss terms,
 backward, optimizer, EMA, host syncs, logging, checkpoints; validation, setup and the finish
 measured around them), plus what decoding and augmenting one batch costs when done in one process.
+The table's rows (one per phase) go to ``benchmarks/results/trainer_overhead_<date>.json`` and
+``.csv`` (date, CPU, commit; ``--results-dir DIR``, ``--no-results``), the figures above it to the
+JSON's ``summary``.
 
     python benchmarks/trainer_overhead.py                         # 4-minute run of the README command
     python benchmarks/trainer_overhead.py --minutes 2 -- data.cache=none data.num_workers=2
@@ -23,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_commands import camvid_command, run_command  # noqa: E402
+from results_file import add_results_argument, parameters, write_results_from_args  # noqa: E402
 
 BARE_PHASES = ("forward", "backward", "optimizer")  # what the bare step also does (its loss: cross-entropy)
 
@@ -81,6 +85,7 @@ def main() -> None:
     parser.add_argument("--bare-steps", type=int, default=6)
     parser.add_argument("--keep", help="keep the experiment in this folder (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", help="more overrides for the command (after --)")
+    add_results_argument(parser)
     args = parser.parse_args()
 
     from effdetseg.configs.compose import compose
@@ -131,6 +136,21 @@ def main() -> None:
     print(f"\ndata pipeline per batch in one process: decoding {decode_ms:.0f} ms, augmentation {augment_ms:.0f} ms "
           "(with data.cache=ram only augmentation runs per epoch)")
     print(f"experiment: {folder / 'run'}")
+    phases_table = [{"phase": name, "bare_step_work": name in BARE_PHASES, "seconds": seconds,
+                     "per_step_s": seconds / max(steps, 1), "share_of_command": seconds / wall} for name, seconds in rows]
+    info = {
+        "argv": sys.argv[1:], **parameters(args), "command": command, "experiment": str(folder / "run"),
+        "model": cfg.train.model.name, "backbone": cfg.train.model.backbone, "batch": batch,
+        "size": [int(cfg.data.preprocessing.resize_height), int(cfg.data.preprocessing.resize_width)],
+        "threads": plan.threads, "workers": plan.workers, "cache": str(cfg.data.cache),
+    }
+    summary = {
+        "bare_step_s": bare_s, "bare_img_per_s": bare_rate, "steps": steps, "images": images, "train_s": train_s,
+        "trainer_img_per_s": trainer_rate, "ratio_training": trainer_rate / bare_rate, "wall_s": wall,
+        "command_img_per_s": images / wall, "ratio_command": images / wall / bare_rate,
+        "validation_s": validation_s, "decode_ms_per_batch": decode_ms, "augment_ms_per_batch": augment_ms,
+    }
+    write_results_from_args(args, "trainer_overhead", phases_table, info=info, extra={"summary": summary})
 
 
 if __name__ == "__main__":
