@@ -1,8 +1,7 @@
 """``--backend auto`` on the CPU: the fastest of the installed backends that can run the file,
 measured on the actual input (:class:`AutoRunner`: a warm-up call and a few timed calls each, once
-per input shape). No fixed order holds across CPUs (issue 18's 2-core AVX2 CPU, D4 at 512²:
-OpenVINO 489 ms, ONNX Runtime 591 ms, eager 712 ms; the 2-core AMD EPYC of the openvino branch's
-table: ONNX Runtime 245 ms, eager 308 ms, OpenVINO 435 ms). The choice and the figures are said in
+per input shape). No fixed order holds across CPUs, models and input sizes (see the latency
+tables of the docs' Benchmarks page). The choice and the figures are said in
 one line, and remembered beside the model file (:class:`ChoiceCache`) for this machine and input
 shape: the next process runs that backend at once; another machine measures again.
 """
