@@ -332,6 +332,12 @@ def write_results(results_dir: Path, info: dict, rows: list[dict]) -> Path:
 # ------------------------------------------------------------------------------------- driver
 
 
+def run_label(model: str) -> str:
+    """A model's part of an experiment name: letters, digits, _ and - only (Hydra's override grammar
+    takes no other character unquoted)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", model).strip("_")
+
+
 def parse_variants(text: str) -> list[tuple[str, str]]:
     """``--product-variants``: ``NAME=OVERRIDES;…`` as (name, overrides) pairs."""
     variants = []
@@ -401,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                     with OtherLoad() as load:
                         if model.startswith(PRODUCT):
                             row |= run_product(bench, minutes, weights, work, f"{args.product_extra} {variant_extra}", seed,
-                                               model.replace("[", "_").replace("]", "").replace(" ", "_"))
+                                               run_label(model))
                         else:
                             row |= run_baseline(bench, model, minutes, seed)
                     row["other_load"] = load.cores

@@ -134,6 +134,7 @@ def test_seeds_are_averaged_against_the_fpns_mean():
 
 
 def test_variants_parse_and_refuse_in_one_line():
+    assert own_data.run_label("product[no Lovász]") == "product_no_Lov_sz"
     assert own_data.parse_variants("no freeze=train.freeze_backbone_stride=0; ce=train.loss.region=null a=b;") == [
         ("no freeze", "train.freeze_backbone_stride=0"), ("ce", "train.loss.region=null a=b")]
     for bad in ("nofreeze", "=x=1", "a/b=x=1"):
