@@ -54,8 +54,8 @@ def available_cores() -> int:
 
 def busy_cores(seconds: float = 0.2) -> float:
     """How many of this process's cores other work keeps busy, measured over ``seconds`` from the
-    per-CPU counters of ``/proc/stat`` (0.0 where they cannot be read). Time of processes with a
-    raised nice value is not counted: they give way to this one."""
+    per-CPU counters of ``/proc/stat`` (0.0 where they cannot be read). Niced processes count too:
+    they give way to this one only in part, and a compute thread they interrupt holds up the others."""
     def sample() -> dict[int, tuple[int, int]]:
         counts = {}
         with open("/proc/stat") as stat:
@@ -63,7 +63,7 @@ def busy_cores(seconds: float = 0.2) -> float:
                 name, *fields = line.split()
                 if name.startswith("cpu") and name[3:].isdigit():
                     user, nice, system, idle, iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-                    counts[int(name[3:])] = (user + system + irq + softirq + steal, user + nice + system + idle + iowait + irq + softirq + steal)
+                    counts[int(name[3:])] = (user + nice + system + irq + softirq + steal, user + nice + system + idle + iowait + irq + softirq + steal)
         return counts
 
     try:
