@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -143,13 +144,20 @@ def plan_cpu(device: torch.device, threads: object, workers: object, cached: boo
     )
 
 
+def _one_opencv_thread() -> None:
+    """OpenCV on one thread in this process, before it forks DataLoader workers: a worker is one of
+    the processes sharing the cores, and OpenCV's own thread pool would compete with the compute
+    threads. Set in the parent, since a forked child that reconfigures a pool its parent had used
+    can wait forever on a lock held at the fork (a worker hung in ``cv2.setNumThreads``)."""
+    cv2.setNumThreads(1)
+
+
 def _init_worker(worker_id: int) -> None:
     """``worker_init_fn``: NumPy and Python generators from the worker's own torch seed (for
-    transforms that use the global generators), and OpenCV on one thread: a worker is one of the
-    processes sharing the cores, and OpenCV's own thread pool would compete with the compute threads."""
-    import cv2
-
-    cv2.setNumThreads(1)
+    transforms that use the global generators); OpenCV on one thread where the worker did not
+    inherit it (a spawned worker; a forked one has its parent's setting)."""
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -194,6 +202,8 @@ class TrainLoader:
         sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True)
         self.batches_per_epoch = len(sampler) // batch_size
         self.order = SeededOrder(sampler, seed)
+        if num_workers > 0:
+            _one_opencv_thread()
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -218,6 +228,8 @@ class TrainLoader:
 def val_loader(dataset: Dataset, batch_size: int, num_workers: int, ctx: DistributedContext) -> DataLoader:
     """Every validation sample on exactly one rank (no padding duplicates), in order, as lists of
     uint8 images at their own sizes (the inference path batches and normalizes them)."""
+    if num_workers > 0:
+        _one_opencv_thread()
     return DataLoader(
         dataset,
         batch_size=batch_size,
