@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -52,3 +55,23 @@ def one_error_line(capsys, command: str, *names: str) -> str:
     for name in names:
         assert name in err[0], (name, err[0])
     return err[0]
+
+
+class DominantChannel(nn.Module):
+    """Logits = the normalized RGB channels: a pixel's class is its strongest color (0 R, 1 G, 2 B).
+
+    A model whose right answer is known, to check preprocessing, resizing back and batching.
+    """
+
+    num_classes = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 10.0
+
+
+def halves(height: int, width: int) -> np.ndarray:
+    """Left half pure red, right half pure blue."""
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[:, : width // 2, 0] = 255
+    image[:, width // 2 :, 2] = 255
+    return image

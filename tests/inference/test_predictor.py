@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from effdetseg import create_model, save_model
 from effdetseg.errors import EffdetsegError
@@ -15,29 +14,9 @@ from effdetseg.inference.backends import detect_format
 from effdetseg.inference.predictor import Predictor
 from effdetseg.inference.segment import preprocess
 from effdetseg.io.record import IMAGENET_MEAN, Preprocessing
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, DominantChannel, halves
 
 VOC_IMAGE = SHARED_DATA / "voc2012_sample" / "JPEGImages" / "2007_000033.jpg"
-
-
-class DominantChannel(nn.Module):
-    """Logits = the normalized RGB channels: a pixel's class is its strongest color (0 R, 1 G, 2 B).
-
-    A model whose right answer is known, to check preprocessing, resizing back and batching.
-    """
-
-    num_classes = 3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 10.0
-
-
-def halves(height: int, width: int) -> np.ndarray:
-    """Left half pure red, right half pure blue."""
-    image = np.zeros((height, width, 3), dtype=np.uint8)
-    image[:, : width // 2, 0] = 255
-    image[:, width // 2 :, 2] = 255
-    return image
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from effdetseg.export.formats import export_onnx  # noqa: E402
 from effdetseg.io.labels import LabelSet  # noqa: E402
 from effdetseg.io.record import Preprocessing, Provenance  # noqa: E402
 from effdetseg.sharing.demo import DemoModel, UploadLimits, build_app, listen, model_card, url_of  # noqa: E402
-from test_predictor import DominantChannel, halves  # noqa: E402
+from conftest import DominantChannel, halves  # noqa: E402
 
 LIMITS = UploadLimits(max_bytes=200_000, max_pixels=1_000_000)
 
