@@ -18,7 +18,8 @@ from effdetseg.cli import main as cli
 from effdetseg.data import read_image, read_mask
 from effdetseg.export.calibration import open_image_source, split_images
 from effdetseg.export.formats import export_onnx
-from effdetseg.export.quantize_onnx import QUANTIZATION_KEY, shape_arithmetic_nodes
+from effdetseg.export.quantize_onnx import shape_arithmetic_nodes
+from effdetseg.inference.backends import QUANTIZATION_KEY
 from effdetseg.inference.predictor import Predictor
 from effdetseg.io.record import METADATA_KEY, ModelRecord, Preprocessing
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import EffdetsegError
-from ..export.quantize_onnx import QUANTIZATION_KEY
+from ..inference.backends import QUANTIZATION_KEY
 from ..inference.onnx_graph import onnx_metadata
 from ..inference.prepare import prepare_for_inference
 from ..inference.runners import OnnxRunner, OpenVinoRunner, export_record

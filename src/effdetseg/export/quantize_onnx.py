@@ -30,6 +30,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from ..errors import EffdetsegError
+from ..inference.backends import QUANTIZATION_KEY
 from ..inference.onnx_graph import onnx_metadata
 from ..inference.segment import preprocess
 from ..io.files import atomic_write
@@ -37,7 +38,6 @@ from ..io.record import Preprocessing
 from .calibration import ImageSource
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-QUANTIZATION_KEY = "effdetseg_quantization"  # ONNX metadata beside the model record: how the file was quantized
 
 
 @dataclass(frozen=True)

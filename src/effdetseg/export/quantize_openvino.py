@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EffdetsegError
-from ..inference.backends import OPENVINO_QUANTIZATION_KEY, require_openvino
+from ..inference.backends import QUANTIZATION_KEY, require_openvino
 from ..inference.segment import preprocess
 from ..io.record import Preprocessing
 from .calibration import ImageSource
@@ -209,6 +209,6 @@ def quantize_openvino(
             "recipe": {**asdict(recipe), "description": recipe.describe()},
             "calibration": {"source": source.description, "images": [source.names[i] for i in calibration]},
         }),
-        [OPENVINO_QUANTIZATION_KEY],
+        [QUANTIZATION_KEY],
     )
     return quantized

@@ -21,9 +21,9 @@ from ..io.model_files import legacy_record
 from ..io.record import METADATA_KEY, ModelRecord
 from .backends import (
     LEGACY_EXPORT_KEY,
-    OPENVINO_QUANTIZATION_KEY,
     OPENVINO_RECORD_KEY,
     OPENVINO_XML,
+    QUANTIZATION_KEY,
     TORCHSCRIPT_EXTRA_FILE,
     require_openvino,
 )
@@ -162,7 +162,7 @@ def check_model_files(path: Path) -> None:
 def openvino_metadata(model: Any) -> dict[str, str]:
     """The effdetseg entries of an OpenVINO model's rt_info (the record, how it was quantized)."""
     metadata = {}
-    for key in (OPENVINO_RECORD_KEY, OPENVINO_QUANTIZATION_KEY):
+    for key in (OPENVINO_RECORD_KEY, QUANTIZATION_KEY):
         if model.has_rt_info([key]):
             metadata[key] = model.get_rt_info([key]).astype(str)
     return metadata
