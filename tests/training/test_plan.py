@@ -14,7 +14,7 @@ from effdetseg.cli import main
 from effdetseg.configs.compose import compose
 from effdetseg.data.cache import DecodedStore, cgroup_memory_left
 from effdetseg.data.fingerprint import take_fingerprint
-from effdetseg.engine import plan as plan_module
+from effdetseg.engine.plan import backbone as plan_backbone
 from effdetseg.engine.plan import plan_training, user_keys
 from effdetseg.errors import EffdetsegError
 from effdetseg.inference import segment as inference
@@ -165,7 +165,7 @@ def test_the_command_line_wins_and_the_rules_follow_the_data(tmp_path):
 
 def test_an_offline_run_without_weights_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
     root = write_folder(tmp_path / "d", [(64, 64)] * 4)
-    monkeypatch.setattr(plan_module, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(plan_backbone, "_reachable", lambda host, timeout=3.0: False)
     monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
     experiments = tmp_path / "experiments"
     code = main(["train", "data=folder", f"data.root={root}", "train.max_minutes=1", f"experiments_dir={experiments}"])
@@ -224,7 +224,8 @@ def test_train_follows_the_plan_on_mixed_real_world_files(tmp_path):
 def test_a_dominant_class_gets_one_crop_in_three_centred_on_another(tmp_path):
     from dataclasses import replace
 
-    from effdetseg.engine.plan import Machine, TrainingPlan, choose_scale_and_crop
+    from effdetseg.engine.plan import Machine, TrainingPlan
+    from effdetseg.engine.plan.rules import choose_scale_and_crop
 
     root = write_folder(tmp_path / "d", [(64, 64)] * 4)
     cfg = compose(["data=folder", f"data.root={root}", "data.val_fraction=0.25"])

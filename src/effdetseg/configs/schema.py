@@ -224,7 +224,7 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     data: Any = None  # one of DATA_SCHEMAS, by data.format
-    plan: Any = None  # the training plan this run was given (engine/plan.py): a record, never read back as settings
+    plan: Any = None  # the training plan this run was given (engine/plan/): a record, never read back as settings
 
 
 def schema(data_format: str) -> DictConfig:

@@ -42,7 +42,7 @@ class TrainSetup:
     """Every setting of a training run, typed (see the module's docstring for what is not converted)."""
 
     config: DictConfig  # the whole config: the record's provenance stores it, resolved
-    plan: dict[str, Any] | None  # the training plan (engine/plan.py) a new run prints and saves, if one was made
+    plan: dict[str, Any] | None  # the training plan (engine/plan/) a new run prints and saves, if one was made
     # the run
     seed: int
     deterministic: bool
