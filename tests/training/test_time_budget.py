@@ -195,3 +195,33 @@ def test_auto_threads_leave_out_the_cores_another_process_keeps_busy(cpu_hog) ->
     plan = loaders.plan_cpu(torch.device("cpu"), "auto", "auto", cached=True)
     assert plan.threads <= cores - 1 and "busy" in plan.why
     assert loaders.plan_cpu(torch.device("cpu"), 2, "auto", cached=True).threads == 2  # a number is kept
+    assert plan.follow_free_cores and not loaders.plan_cpu(torch.device("cpu"), 2, "auto", cached=True).follow_free_cores
+    assert not loaders.plan_cpu(torch.device("cpu"), "auto", "auto", cached=False).follow_free_cores  # a worker's time is not its own
+
+
+def test_auto_threads_follow_a_process_that_starts_or_stops_while_training(monkeypatch) -> None:
+    from effdetseg.engine import loaders
+
+    start = time.monotonic() - 100.0  # the samples below lie in the past
+
+    def sample(seconds: float, own_cpu_s: float, busy_s: tuple[float, float]):  # two CPUs, 100 ticks a second
+        return start + seconds, own_cpu_s, {cpu: (int(100 * busy_s[cpu]), int(100 * seconds)) for cpu in (0, 1)}
+
+    threads = torch.get_num_threads()
+    try:
+        watch = loaders.CoreWatch(cores=2, threads=2, every_s=0.0)
+        watch.cpus, watch._last = {0, 1}, sample(0, 0.0, (0, 0))
+        # 10 s with both CPUs busy, 12 s of them this process's: another process took 0.8 of a core
+        monkeypatch.setattr(watch, "_sample", lambda: sample(10, 12.0, (10, 10)))
+        line = watch.check()
+        assert watch.threads == 1 and torch.get_num_threads() == 1 and "0.8 core(s)" in line
+        # it left: one CPU busy, all of it this process's one thread
+        monkeypatch.setattr(watch, "_sample", lambda: sample(20, 22.0, (20, 10)))
+        assert watch.check() is not None and watch.threads == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(watch, "_sample", lambda: sample(30, 42.0, (30, 20)))
+        assert watch.check() is None  # nothing changed: nothing to say
+        watch.every_s = 3600.0
+        monkeypatch.setattr(watch, "_sample", lambda: pytest.fail("counted before every_s had passed"))
+        assert watch.check() is None
+    finally:
+        torch.set_num_threads(threads)

@@ -44,6 +44,7 @@ class CpuPlan:
     threads: int
     workers: int
     why: str
+    follow_free_cores: bool = False  # re-count the free cores while training (``CoreWatch``)
 
 
 def available_cores() -> int:
@@ -53,32 +54,75 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_cores(seconds: float = 0.2) -> float:
-    """How many of this process's cores other work keeps busy, measured over ``seconds`` from the
-    per-CPU counters of ``/proc/stat`` (0.0 where they cannot be read). Niced processes count too:
-    they give way to this one only in part, and a compute thread they interrupt holds up the others."""
-    def sample() -> dict[int, tuple[int, int]]:
-        counts = {}
-        with open("/proc/stat") as stat:
-            for line in stat:
-                name, *fields = line.split()
-                if name.startswith("cpu") and name[3:].isdigit():
-                    user, nice, system, idle, iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-                    counts[int(name[3:])] = (user + nice + system + irq + softirq + steal, user + nice + system + idle + iowait + irq + softirq + steal)
-        return counts
+def cpu_ticks() -> dict[int, tuple[int, int]]:
+    """Per CPU of ``/proc/stat``: (busy, total) clock ticks since boot. Niced processes count as
+    busy: they give way to this one only in part, and a compute thread they interrupt holds up the others."""
+    counts = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                user, nice, system, idle, iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+                counts[int(name[3:])] = (user + nice + system + irq + softirq + steal, user + nice + system + idle + iowait + irq + softirq + steal)
+    return counts
 
-    try:
-        cpus = os.sched_getaffinity(0)
-        before = sample()
-        time.sleep(seconds)
-        after = sample()
-    except (OSError, AttributeError, ValueError):
-        return 0.0
+
+def busy_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpus: set[int]) -> float:
+    """How many of ``cpus`` were busy between two ``cpu_ticks`` samples, in cores."""
     busy = 0.0
     for cpu in cpus:
         if cpu in before and cpu in after and after[cpu][1] > before[cpu][1]:
             busy += (after[cpu][0] - before[cpu][0]) / (after[cpu][1] - before[cpu][1])
     return busy
+
+
+def busy_cores(seconds: float = 0.2) -> float:
+    """How many of this process's cores other work keeps busy, measured over ``seconds`` while this
+    process waits (0.0 where ``/proc/stat`` cannot be read)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+        before = cpu_ticks()
+        time.sleep(seconds)
+        return busy_share(before, cpu_ticks(), cpus)
+    except (OSError, AttributeError, ValueError):
+        return 0.0
+
+
+class CoreWatch:
+    """``train.threads=auto`` kept true while training: every ``every_s`` seconds, the cores other
+    processes kept busy since the last look (the whole busy share less this process's own CPU time),
+    and the compute threads set to the cores left free. A process that starts beside the run
+    later would otherwise share a core with a compute thread, which holds up every parallel
+    operation of the others (a D0 step took 6 s instead of under 1 s). Only for a process without
+    DataLoader workers, whose CPU time is then all its own."""
+
+    def __init__(self, cores: int, threads: int, every_s: float = 20.0) -> None:
+        self.cores, self.threads, self.every_s = cores, threads, every_s
+        self.cpus = os.sched_getaffinity(0)
+        self._last = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, dict[int, tuple[int, int]]]:
+        own = os.times()
+        return time.monotonic(), own.user + own.system, cpu_ticks()
+
+    def check(self) -> str | None:
+        """Re-count when ``every_s`` has passed; the line to log when the thread count changed."""
+        if time.monotonic() - self._last[0] < self.every_s:
+            return None
+        try:
+            now = self._sample()
+        except (OSError, ValueError):
+            return None
+        (t0, own0, ticks0), (t1, own1, ticks1) = self._last, now
+        self._last = now
+        others = busy_share(ticks0, ticks1, self.cpus) - (own1 - own0) / max(t1 - t0, 1e-6)
+        threads = max(1, min(self.cores, math.floor(self.cores - max(0.0, others) + 0.5)))
+        if threads == self.threads:
+            return None
+        self.threads = threads
+        torch.set_num_threads(threads)
+        return f"train.threads=auto: other processes now keep {max(0.0, others):.1f} core(s) busy: {threads} compute thread(s)"
 
 
 def thread_limit(cores: int) -> int:
@@ -137,10 +181,12 @@ def plan_cpu(device: torch.device, threads: object, workers: object, cached: boo
                        f"(slower than train.threads=auto)")
     if workers != AUTO:
         why.append(f"data.num_workers={workers}")
+    chosen_workers = auto_workers if workers == AUTO else int(workers)  # type: ignore[arg-type]
     return CpuPlan(
         threads=auto_threads if threads == AUTO else int(threads),  # type: ignore[arg-type]
-        workers=auto_workers if workers == AUTO else int(workers),  # type: ignore[arg-type]
+        workers=chosen_workers,
         why="; ".join(why),
+        follow_free_cores=device.type == "cpu" and threads == AUTO and processes_here == 1 and chosen_workers == 0,
     )
 
 

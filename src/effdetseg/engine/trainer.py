@@ -32,7 +32,7 @@ from .builders import build_optimization, build_training_data, build_training_mo
 from .checkpoints import Best, Checkpoints, EpochPosition, EpochTally, TrainingParts
 from .distributed import DistributedContext, all_reduce_mean, broadcast_floats
 from .experiment import LAST
-from .loaders import plan_cpu, val_loader
+from .loaders import CoreWatch, available_cores, plan_cpu, val_loader
 from .plan import PLAN_FILE
 from .setup import TrainSetup, configure_determinism, seed_everything
 from .validation import TrainResult, Validation
@@ -68,6 +68,7 @@ class Trainer:
         seed_everything(setup.seed + ctx.rank)
         self.cpu = plan_cpu(self.device, setup.threads, setup.data_workers, setup.cache_in_ram, ctx.local_world_size)
         torch.set_num_threads(self.cpu.threads)
+        self.core_watch = CoreWatch(available_cores(), self.cpu.threads) if self.cpu.follow_free_cores else None
         self.data = build_training_data(setup, ctx, self.cpu.threads, store, self.log)
         self.net = build_training_model(setup, ctx)
         self.model = self.net.model
@@ -239,6 +240,8 @@ class Trainer:
                 self.scheduler.set_time_fraction(fraction)  # type: ignore[union-attr]
         if self.scheduler is not None and self.optim.schedule.per_step:
             self.scheduler.step()
+        if self.core_watch is not None and (line := self.core_watch.check()):
+            self.log(line)
         if self.writer is not None and self.global_step % max(1, self.setup.log_every) == 0:
             self.writer.add_scalar("train/lr", self._lr(), self.global_step)
         return stop
