@@ -80,3 +80,24 @@ def test_docs_site_builds_strict(tmp_path: Path) -> None:
     config = (site / "reference" / "config" / "index.html").read_text()
     assert "train.max_minutes" in config and "data.mask_format" in config  # generated from the schema
     assert "efficientdet_d7_seg_p2" in (site / "guide" / "models" / "index.html").read_text()  # the zoo table
+
+
+def test_a_results_block_shows_the_newest_file_of_a_benchmark(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "docs"))
+    try:
+        from gen_results import results_table
+    finally:
+        sys.path.remove(str(REPO / "docs"))
+    header = "date,cpu,commit,set,model,miou,per_class_iou,error_ratio\n"
+    (tmp_path / "own_data_20260101-000000.csv").write_text(header + "2026-01-01T00:00:00,CPU,aaaaaaaaa,old,fpn,0.5,a=0.5,1.0\n")
+    (tmp_path / "own_data_20260202-000000.csv").write_text(header + "2026-02-02T00:00:00,CPU,bbbbbbbbb,new,product,0.7564,a=0.9813; b=0.5314,0.7958\n")
+    (tmp_path / "own_data_extra_20270101-000000.csv").write_text(header)  # another benchmark's name
+    table = results_table(["own_data"], ["set", "miou%", "per_class_iou%", "error_ratio"], tmp_path)
+    assert "own_data_20260202-000000.csv" in table and "commit `bbbbbbb`" in table
+    assert "| new | 75.6 | a=98.1; b=53.1 | 0.7958 |" in table and "old" not in table
+    both = results_table(["own_data_20260101-000000", "own_data"], [], tmp_path)
+    assert "| old | fpn |" in both and "| new | product |" in both and "CPU" not in both.split(":\n")[1]
+    with pytest.raises(FileNotFoundError, match="latency"):
+        results_table(["latency"], [], tmp_path)
+    with pytest.raises(KeyError, match="steps"):
+        results_table(["own_data"], ["steps"], tmp_path)
