@@ -317,7 +317,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("date", "cpu", "commit", "set", "model", "seed", "minutes", "train_images", "test_images", "miou",
+CSV_FIELDS = ("date", "cpu", "commit", "set", "model", "overrides", "seed", "minutes", "train_images", "test_images", "miou",
               "per_class_iou", "steps", "train_s", "wall_s", "other_load", "miou_ratio", "error_ratio", "error")
 
 
@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             runs = [(m, "") for m in models] + [(f"{PRODUCT}[{name}]", extra) for name, extra in variants]
             for model, variant_extra in runs:
-                row = {"set": bench.name, "model": model, "seed": seed, "minutes": minutes,
+                overrides = f"{args.product_extra} {variant_extra}".strip() if model.startswith(PRODUCT) else ""
+                row = {"set": bench.name, "model": model, "overrides": overrides, "seed": seed, "minutes": minutes,
                        "train_images": bench.train_count, "test_images": bench.test_count}
                 try:
                     with OtherLoad() as load:
