@@ -91,10 +91,9 @@ def busy_cores(seconds: float = 0.2) -> float:
 class CoreWatch:
     """``train.threads=auto`` kept true while training: every ``every_s`` seconds, the cores other
     processes kept busy since the last look (the whole busy share less this process's own CPU time),
-    and the compute threads set to the cores left free. A process that starts beside the run
-    later would otherwise share a core with a compute thread, which holds up every parallel
-    operation of the others (a D0 step took 6 s instead of under 1 s). Only for a process without
-    DataLoader workers, whose CPU time is then all its own."""
+    and the compute threads set to the cores left free. A process that starts beside the run later
+    would otherwise share a core with a compute thread, which holds up every parallel operation of
+    the others. Only for a process without DataLoader workers, whose CPU time is then all its own."""
 
     def __init__(self, cores: int, threads: int, every_s: float = 20.0) -> None:
         self.cores, self.threads, self.every_s = cores, threads, every_s
@@ -186,7 +185,8 @@ def plan_cpu(device: torch.device, threads: object, workers: object, cached: boo
         threads=auto_threads if threads == AUTO else int(threads),  # type: ignore[arg-type]
         workers=chosen_workers,
         why="; ".join(why),
-        follow_free_cores=device.type == "cpu" and threads == AUTO and processes_here == 1 and chosen_workers == 0,
+        follow_free_cores=(device.type == "cpu" and threads == AUTO and processes_here == 1 and chosen_workers == 0
+                           and hasattr(os, "sched_getaffinity") and os.path.exists("/proc/stat")),  # Linux's counters
     )
 
 
